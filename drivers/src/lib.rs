@@ -1,0 +1,2 @@
+//! Drivers.
+#![no_std]
