@@ -1,0 +1,1 @@
+//! DMA memory (to be written).

@@ -1,0 +1,1 @@
+//! Intel 8254x (e1000) NIC driver (to be written).
