@@ -17,4 +17,5 @@ extern crate std;
 pub mod dma;
 pub mod e1000;
 pub mod pci;
+pub mod uart;
 pub mod virtio;

@@ -1,1 +1,150 @@
-fn main() {}
+//! The Duplex appliance image.
+//!
+//! `kernel_main` wires the machine layer, the drivers and the portable core together
+//! and runs the main loop. Policy lives in `kernel/*`, mechanism in `drivers/`; this
+//! crate only wires.
+
+#![no_std]
+#![no_main]
+
+extern crate alloc;
+
+mod console;
+mod shell;
+
+use alloc::string::String;
+use alloc::vec::Vec;
+use core::fmt::Write as _;
+use core::panic::PanicInfo;
+
+use duplex_arch::BootInfo;
+use duplex_arch::machine::{self, ExitCode};
+use duplex_arch::timer::{self, TickPreference, TimerInfo};
+use duplex_drivers::pci::{self, PciFunction, PortConfigSpace};
+use duplex_mgmt::editor::{Event, LineEditor};
+use duplex_mgmt::markers;
+use duplex_mgmt::options::{self, BootOptions, OptionError, SelfTest, TimerChoice};
+
+/// The image's version string.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+/// The commit it was built from.
+pub const COMMIT: &str = env!("DUPLEX_COMMIT");
+
+/// PCI configuration space (legacy ports).
+// SAFETY: the appliance runs on PC-compatible chipsets (q35, ICH) that decode
+// 0xCF8/0xCFC as PCI configuration mechanism #1, and only this value uses them.
+pub static PCI_CONFIG: PortConfigSpace = unsafe { PortConfigSpace::new() };
+
+/// Everything the shell needs to answer.
+pub struct System {
+    /// The loader's information.
+    pub boot: &'static BootInfo,
+    /// Parsed boot options.
+    pub options: BootOptions,
+    /// Rejected boot options.
+    pub option_errors: Vec<OptionError>,
+    /// Timer calibration.
+    pub timer: TimerInfo,
+    /// PCI functions found at boot.
+    pub pci: Vec<PciFunction>,
+}
+
+#[unsafe(no_mangle)]
+fn kernel_main(boot: &'static BootInfo) -> ! {
+    console::init();
+    duplex_arch::hooks::set_report(console::report);
+    println!();
+    println!("{} {} ({}) booting via {:?}", markers::BANNER, VERSION, COMMIT, boot.protocol);
+    println!("cmdline: '{}'{}", boot.cmdline(), if boot.cmdline_truncated { " (truncated)" } else { "" });
+
+    let (options, option_errors) = options::parse(boot.cmdline());
+    for error in &option_errors {
+        println!("{}{}", markers::ERROR, error);
+    }
+    let (heap_size, _) = duplex_arch::memory::heap_stats();
+    println!(
+        "memory: {} MiB RAM in {} regions, heap {} MiB",
+        boot.total_ram() >> 20,
+        boot.regions().len(),
+        heap_size >> 20
+    );
+
+    run_selftest(options.selftest);
+
+    let preference = match options.timer {
+        TimerChoice::Auto => TickPreference::Auto,
+        TimerChoice::Pit => TickPreference::Pit,
+    };
+    let timer = timer::init(preference);
+    x86_64::instructions::interrupts::enable();
+    println!(
+        "timer: {:?} at {} Hz, TSC {}.{:03} MHz",
+        timer.source,
+        timer::TICK_HZ,
+        timer.tsc_hz / 1_000_000,
+        (timer.tsc_hz / 1_000) % 1_000
+    );
+
+    let pci = pci::enumerate(&PCI_CONFIG);
+    println!("pci: {} functions", pci.len());
+    for function in &pci {
+        println!("  {function}");
+    }
+
+    let mut system = System { boot, options, option_errors, timer, pci };
+    println!("{} node={} uptime_ms={}", markers::READY, system.options.node, timer::now().as_millis());
+    main_loop(&mut system)
+}
+
+fn run_selftest(selftest: SelfTest) {
+    match selftest {
+        SelfTest::None => {}
+        SelfTest::PageFault => {
+            println!("selftest: reading an unmapped address");
+            // SAFETY: deliberately not safe: the address is outside the identity map, so
+            // the read faults and the exception handler ends the machine.
+            let value = unsafe { core::ptr::read_volatile(0x0000_7f00_0000_0000 as *const u64) };
+            println!("selftest: read {value} (unexpected)");
+        }
+        SelfTest::DivideError => {
+            println!("selftest: dividing by zero");
+            // SAFETY: deliberately raises #DE; the exception handler ends the machine.
+            unsafe { core::arch::asm!("xor edx, edx", "xor eax, eax", "xor ecx, ecx", "div ecx", out("eax") _, out("edx") _, out("ecx") _) };
+        }
+        SelfTest::Panic => panic!("selftest panic requested on the command line"),
+    }
+}
+
+fn main_loop(system: &mut System) -> ! {
+    let mut editor = LineEditor::new();
+    let mut out = String::new();
+    console::write_bytes(markers::PROMPT.as_bytes());
+    loop {
+        while let Some(byte) = console::read_byte() {
+            match editor.feed(byte, &mut |echo| console::write_bytes(echo)) {
+                Event::None => {}
+                Event::Cancel => console::write_bytes(markers::PROMPT.as_bytes()),
+                Event::Line(line) => {
+                    out.clear();
+                    shell::execute(system, &line, &mut out);
+                    console::write_bytes(out.as_bytes());
+                    console::write_bytes(markers::PROMPT.as_bytes());
+                }
+            }
+        }
+        // Sleep until the next interrupt (the 1 kHz tick at the latest).
+        x86_64::instructions::interrupts::enable_and_hlt();
+    }
+}
+
+#[panic_handler]
+fn panic(info: &PanicInfo) -> ! {
+    x86_64::instructions::interrupts::disable();
+    let mut out = duplex_arch::hooks::ReportWriter;
+    let _ = write!(out, "\r\n{}: {}", markers::PANIC, info.message());
+    if let Some(location) = info.location() {
+        let _ = write!(out, " at {}:{}:{}", location.file(), location.line(), location.column());
+    }
+    let _ = write!(out, " ***\r\n");
+    machine::exit(ExitCode::Failure)
+}

@@ -1,0 +1,100 @@
+//! Console commands: parse with `duplex_mgmt::command`, answer from the [`System`].
+
+use alloc::string::String;
+use core::fmt::Write;
+
+use duplex_arch::timer;
+use duplex_mgmt::command::{self, Command, HELP};
+use duplex_mgmt::json::JsonObject;
+use duplex_mgmt::markers;
+
+use crate::System;
+
+/// Appends one CR LF-terminated line.
+macro_rules! line {
+    ($out:expr) => { $out.push_str("\r\n") };
+    ($out:expr, $($arg:tt)*) => {{
+        let _ = write!($out, $($arg)*);
+        $out.push_str("\r\n");
+    }};
+}
+
+/// The appliance's state as the status commands report it.
+fn state_name(_system: &System) -> &'static str {
+    "Standalone"
+}
+
+fn uptime_ms() -> u64 {
+    timer::now().as_millis()
+}
+
+/// Runs one console line, writing its answer into `out`.
+pub fn execute(system: &mut System, line: &str, out: &mut String) {
+    let command = match command::parse(line) {
+        Ok(Some(command)) => command,
+        Ok(None) => return,
+        Err(error) => {
+            line!(out, "{}{}", markers::ERROR, error);
+            return;
+        }
+    };
+    match command {
+        Command::Help => {
+            for (usage, text) in HELP {
+                line!(out, "  {usage:<24} {text}");
+            }
+        }
+        Command::Version => {
+            line!(out, "{} {} (commit {})", markers::BANNER, crate::VERSION, crate::COMMIT);
+        }
+        Command::Uptime => {
+            let ms = uptime_ms();
+            line!(out, "up {}.{:03} s", ms / 1000, ms % 1000);
+        }
+        Command::Pci => {
+            for function in &system.pci {
+                line!(out, "{function}");
+                for (index, bar) in function.bars.iter().enumerate() {
+                    if *bar != duplex_drivers::pci::Bar::None {
+                        line!(out, "    BAR{index}: {bar}");
+                    }
+                }
+            }
+        }
+        Command::Stats => {
+            let (heap_size, heap_used) = duplex_arch::memory::heap_stats();
+            line!(out, "ticks: {}", timer::ticks());
+            line!(out, "clock_ms: {}", uptime_ms());
+            line!(out, "tick_source: {:?}", system.timer.source);
+            line!(out, "tsc_hz: {}", system.timer.tsc_hz);
+            line!(out, "heap_used: {heap_used} of {heap_size}");
+            line!(out, "spurious_interrupts: {}", duplex_arch::cpu::spurious_interrupts());
+        }
+        Command::ShowStatus { json } => {
+            if json {
+                let status = JsonObject::new()
+                    .uint("node", u64::from(system.options.node))
+                    .uint("uptime_ms", uptime_ms())
+                    .string("state", state_name(system))
+                    .string("version", crate::VERSION)
+                    .uint("ticks", timer::ticks())
+                    .uint("boot_option_errors", system.option_errors.len() as u64)
+                    .finish();
+                line!(out, "{status}");
+            } else {
+                line!(out, "node:    {}", system.options.node);
+                line!(out, "state:   {}", state_name(system));
+                line!(out, "uptime:  {} ms", uptime_ms());
+                line!(out, "boot:    {:?}, cmdline '{}'", system.boot.protocol, system.boot.cmdline());
+                for error in &system.option_errors {
+                    line!(out, "warning: {error}");
+                }
+            }
+        }
+        Command::Reboot => {
+            line!(out, "rebooting");
+            crate::console::write_bytes(out.as_bytes());
+            duplex_arch::machine::reset();
+        }
+    }
+}

@@ -1,0 +1,244 @@
+//! The 1 kHz tick and the monotonic clock.
+//!
+//! - The TSC is the clock: calibrated once against the i8254 PIT (channel 2, 10 ms),
+//!   then read with `rdtsc` and scaled to nanoseconds. It never depends on interrupts
+//!   arriving, so a late or lost tick does not bend time.
+//! - The tick comes from the local APIC timer where the CPU has one (calibrated in the
+//!   same 10 ms window), else from PIT channel 0 through the 8259 PIC. Either way it is
+//!   vector [`TIMER_VECTOR`](crate::cpu::TIMER_VECTOR) at 1 kHz.
+
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+use duplex_hal::{Clock, Instant};
+use x86_64::instructions::port::Port;
+
+/// Tick rate in Hz.
+pub const TICK_HZ: u64 = 1000;
+const PIT_HZ: u64 = 1_193_182;
+const CALIBRATION_MS: u64 = 10;
+const LAPIC_BASE: usize = 0xfee0_0000;
+const LAPIC_EOI: usize = 0xb0;
+const LAPIC_SVR: usize = 0xf0;
+const LAPIC_LVT_TIMER: usize = 0x320;
+const LAPIC_INITIAL_COUNT: usize = 0x380;
+const LAPIC_CURRENT_COUNT: usize = 0x390;
+const LAPIC_DIVIDE: usize = 0x3e0;
+
+static TICKS: AtomicU64 = AtomicU64::new(0);
+static TSC_BASE: AtomicU64 = AtomicU64::new(0);
+static TSC_HZ: AtomicU64 = AtomicU64::new(0);
+/// ns = (tsc_delta * MULT) >> 32
+static TSC_MULT: AtomicU64 = AtomicU64::new(0);
+static USE_LAPIC: AtomicBool = AtomicBool::new(false);
+static LAPIC_COUNT_PER_TICK: AtomicU64 = AtomicU64::new(0);
+
+/// Which device drives the tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TickSource {
+    /// i8254 PIT channel 0 through the 8259 PIC.
+    Pit,
+    /// Local APIC timer, periodic mode.
+    LocalApic,
+}
+
+/// What the caller wants for the tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TickPreference {
+    /// Local APIC when present, else PIT.
+    Auto,
+    /// Always the PIT.
+    Pit,
+}
+
+/// Calibration results.
+#[derive(Debug, Clone, Copy)]
+pub struct TimerInfo {
+    /// The tick source in use.
+    pub source: TickSource,
+    /// Measured TSC frequency.
+    pub tsc_hz: u64,
+    /// Local APIC timer counts per tick (divide by 16), 0 with the PIT.
+    pub lapic_count_per_tick: u64,
+}
+
+fn rdtsc() -> u64 {
+    let low: u32;
+    let high: u32;
+    // SAFETY: rdtsc reads the time-stamp counter; it has no other effect.
+    unsafe {
+        core::arch::asm!("rdtsc", out("eax") low, out("edx") high, options(nomem, nostack));
+    }
+    (u64::from(high) << 32) | u64::from(low)
+}
+
+fn lapic_read(offset: usize) -> u32 {
+    // SAFETY: the local APIC's registers are memory-mapped at LAPIC_BASE, which the boot
+    // page tables identity-map; a 32-bit aligned read of a defined register is allowed.
+    unsafe { core::ptr::read_volatile((LAPIC_BASE + offset) as *const u32) }
+}
+
+fn lapic_write(offset: usize, value: u32) {
+    // SAFETY: as in `lapic_read`; the offsets used are the documented writable registers.
+    unsafe { core::ptr::write_volatile((LAPIC_BASE + offset) as *mut u32, value) }
+}
+
+fn has_lapic() -> bool {
+    // CPUID leaf 1 exists on every x86_64 CPU.
+    let leaf = core::arch::x86_64::__cpuid(1);
+    leaf.edx & (1 << 9) != 0
+}
+
+/// # Safety
+/// `port` must be a port whose write does what the caller means (PIC/PIT registers).
+unsafe fn outb(port: u16, value: u8) {
+    // SAFETY: forwarded from the caller.
+    unsafe { Port::<u8>::new(port).write(value) }
+}
+
+/// # Safety
+/// Reading `port` must have no harmful side effect.
+unsafe fn inb(port: u16) -> u8 {
+    // SAFETY: forwarded from the caller.
+    unsafe { Port::<u8>::new(port).read() }
+}
+
+fn pic_init(unmask_timer: bool) {
+    // SAFETY: the ICW sequence below is the documented 8259 initialisation: vectors
+    // 32..47, cascade on IRQ 2, 8086 mode. Then everything is masked but (maybe) IRQ 0.
+    unsafe {
+        outb(0x20, 0x11);
+        outb(0xa0, 0x11);
+        outb(0x21, 32);
+        outb(0xa1, 40);
+        outb(0x21, 4);
+        outb(0xa1, 2);
+        outb(0x21, 0x01);
+        outb(0xa1, 0x01);
+        outb(0x21, if unmask_timer { 0xfe } else { 0xff });
+        outb(0xa1, 0xff);
+    }
+}
+
+/// Measures the TSC (and the local APIC timer, when `lapic`) against a 10 ms PIT
+/// channel-2 countdown. Returns (TSC counts, APIC counts) in that window.
+fn calibrate(lapic: bool) -> (u64, u64) {
+    let count = (PIT_HZ * CALIBRATION_MS / 1000) as u16;
+    if lapic {
+        lapic_write(LAPIC_DIVIDE, 0x3);
+        lapic_write(LAPIC_LVT_TIMER, 1 << 16); // masked, one-shot
+    }
+    // SAFETY: port 0x61 bit 0 gates PIT channel 2 and bit 1 drives the speaker (kept off);
+    // 0xb0 to 0x43 selects channel 2, lobyte/hibyte, mode 0; then the count.
+    unsafe {
+        let gate = (inb(0x61) & !0x02) | 0x01;
+        outb(0x61, gate & !0x01);
+        outb(0x43, 0xb0);
+        outb(0x42, count as u8);
+        outb(0x42, (count >> 8) as u8);
+        outb(0x61, gate);
+    }
+    if lapic {
+        lapic_write(LAPIC_INITIAL_COUNT, u32::MAX);
+    }
+    let tsc_start = rdtsc();
+    // SAFETY: reading port 0x61 has no side effect; bit 5 is channel 2's output.
+    while unsafe { inb(0x61) } & 0x20 == 0 {
+        core::hint::spin_loop();
+    }
+    let tsc_end = rdtsc();
+    let apic = if lapic { u64::from(u32::MAX - lapic_read(LAPIC_CURRENT_COUNT)) } else { 0 };
+    if lapic {
+        lapic_write(LAPIC_INITIAL_COUNT, 0);
+    }
+    (tsc_end.wrapping_sub(tsc_start), apic)
+}
+
+/// Calibrates the clock and starts the 1 kHz tick. Interrupts must still be disabled;
+/// the caller enables them afterwards.
+pub fn init(preference: TickPreference) -> TimerInfo {
+    let lapic = preference == TickPreference::Auto && has_lapic();
+    pic_init(false);
+    let (tsc, apic) = calibrate(lapic);
+    let tsc_hz = (tsc * 1000 / CALIBRATION_MS).max(1);
+    TSC_HZ.store(tsc_hz, Ordering::Relaxed);
+    TSC_MULT.store(((1_000_000_000u128 << 32) / u128::from(tsc_hz)) as u64, Ordering::Relaxed);
+    TSC_BASE.store(rdtsc(), Ordering::Relaxed);
+
+    let per_tick = apic / CALIBRATION_MS;
+    if lapic && per_tick > 0 {
+        USE_LAPIC.store(true, Ordering::Relaxed);
+        LAPIC_COUNT_PER_TICK.store(per_tick, Ordering::Relaxed);
+        // Software-enable the APIC with the spurious vector, then a periodic timer.
+        lapic_write(LAPIC_SVR, 0x100 | u32::from(crate::cpu::SPURIOUS_VECTOR));
+        lapic_write(LAPIC_DIVIDE, 0x3);
+        lapic_write(LAPIC_LVT_TIMER, u32::from(crate::cpu::TIMER_VECTOR) | (1 << 17));
+        lapic_write(LAPIC_INITIAL_COUNT, per_tick as u32);
+        TimerInfo { source: TickSource::LocalApic, tsc_hz, lapic_count_per_tick: per_tick }
+    } else {
+        let divisor = ((PIT_HZ + TICK_HZ / 2) / TICK_HZ) as u16;
+        // SAFETY: 0x34 selects channel 0, lobyte/hibyte, mode 2 (rate generator).
+        unsafe {
+            outb(0x43, 0x34);
+            outb(0x40, divisor as u8);
+            outb(0x40, (divisor >> 8) as u8);
+        }
+        pic_init(true);
+        TimerInfo { source: TickSource::Pit, tsc_hz, lapic_count_per_tick: 0 }
+    }
+}
+
+/// Called by the dispatcher on every timer interrupt.
+pub(crate) fn on_tick() {
+    let ticks = TICKS.fetch_add(1, Ordering::Relaxed) + 1;
+    crate::hooks::tick(ticks);
+}
+
+/// Acknowledges an interrupt at the controller that raised it.
+pub(crate) fn end_of_interrupt(vector: u8) {
+    if USE_LAPIC.load(Ordering::Relaxed) && vector == crate::cpu::TIMER_VECTOR {
+        lapic_write(LAPIC_EOI, 0);
+        return;
+    }
+    // SAFETY: 0x20 to a PIC's command port is the non-specific end-of-interrupt.
+    unsafe {
+        if vector >= 40 {
+            outb(0xa0, 0x20);
+        }
+        outb(0x20, 0x20);
+    }
+}
+
+/// Timer interrupts taken since boot.
+pub fn ticks() -> u64 {
+    TICKS.load(Ordering::Relaxed)
+}
+
+/// The calibrated TSC frequency in Hz (0 before [`init`]).
+pub fn tsc_hz() -> u64 {
+    TSC_HZ.load(Ordering::Relaxed)
+}
+
+/// Monotonic time since the clock was calibrated.
+pub fn now() -> Instant {
+    let delta = rdtsc().wrapping_sub(TSC_BASE.load(Ordering::Relaxed));
+    let mult = TSC_MULT.load(Ordering::Relaxed);
+    Instant::from_nanos(((u128::from(delta) * u128::from(mult)) >> 32) as u64)
+}
+
+/// Busy-waits for `d` (used only at boot, before the main loop runs).
+pub fn spin_for(d: core::time::Duration) {
+    let end = now() + d;
+    while now() < end {
+        core::hint::spin_loop();
+    }
+}
+
+/// The TSC clock as a [`Clock`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TscClock;
+
+impl Clock for TscClock {
+    fn now(&self) -> Instant {
+        now()
+    }
+}

@@ -1,0 +1,197 @@
+//! The boot command line.
+//!
+//! Syntax: words separated by spaces, each `key=value`. Every key is known and typed;
+//! an unknown key, a missing `=` or a bad value is rejected with a message that names
+//! the word and what was expected, and the rest of the line still applies (an
+//! appliance must boot even when one option is mistyped; the console shows the errors
+//! under `show status`).
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+/// A deliberate fault at boot, for tests of the fault paths.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SelfTest {
+    /// Nothing.
+    #[default]
+    None,
+    /// Read from an unmapped address (page fault report, failure exit).
+    PageFault,
+    /// Divide by zero (exception report, failure exit).
+    DivideError,
+    /// Call `panic!` (panic report, failure exit).
+    Panic,
+}
+
+/// Which device drives the 1 kHz tick.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TimerChoice {
+    /// Local APIC timer where present, else the PIT.
+    #[default]
+    Auto,
+    /// The i8254 PIT through the 8259 PIC.
+    Pit,
+}
+
+/// An IPv4 address with a prefix length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ipv4Cidr {
+    /// The address.
+    pub address: [u8; 4],
+    /// Prefix length, 0 to 32.
+    pub prefix: u8,
+}
+
+/// The typed boot options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootOptions {
+    /// This node's id within its Duplex group (`node=1..255`).
+    pub node: u8,
+    /// A deliberate fault at boot (`selftest=none|pagefault|divide|panic`).
+    pub selftest: SelfTest,
+    /// Tick source (`timer=auto|pit`).
+    pub timer: TimerChoice,
+    /// Management address (`ip=10.0.0.1/24`).
+    pub ip: Option<Ipv4Cidr>,
+}
+
+impl Default for BootOptions {
+    fn default() -> Self {
+        BootOptions { node: 1, selftest: SelfTest::None, timer: TimerChoice::Auto, ip: None }
+    }
+}
+
+/// Every key the parser knows, with its expected value, for error messages and `help`.
+pub const KNOWN_KEYS: &[(&str, &str)] = &[
+    ("node", "a node id 1-255"),
+    ("selftest", "none, pagefault, divide or panic"),
+    ("timer", "auto or pit"),
+    ("ip", "an IPv4 address with prefix, like 10.0.0.1/24"),
+];
+
+/// One rejected word of the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OptionError {
+    /// The word as written.
+    pub word: String,
+    /// What was wrong.
+    pub message: String,
+}
+
+impl core::fmt::Display for OptionError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "boot option '{}' rejected: {}", self.word, self.message)
+    }
+}
+
+fn known_list() -> String {
+    let names: Vec<&str> = KNOWN_KEYS.iter().map(|(k, _)| *k).collect();
+    names.join(", ")
+}
+
+fn expected(key: &str) -> &'static str {
+    KNOWN_KEYS.iter().find(|(k, _)| *k == key).map_or("", |(_, e)| *e)
+}
+
+/// Parses a dotted-quad IPv4 address.
+pub fn parse_ipv4(s: &str) -> Option<[u8; 4]> {
+    let mut out = [0u8; 4];
+    let mut parts = s.split('.');
+    for byte in &mut out {
+        let part = parts.next()?;
+        if part.is_empty() || part.len() > 3 || !part.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        *byte = part.parse().ok()?;
+    }
+    parts.next().is_none().then_some(out)
+}
+
+/// Parses `a.b.c.d/p`.
+pub fn parse_cidr(s: &str) -> Option<Ipv4Cidr> {
+    let (address, prefix) = s.split_once('/')?;
+    let address = parse_ipv4(address)?;
+    let prefix: u8 = prefix.parse().ok()?;
+    (prefix <= 32).then_some(Ipv4Cidr { address, prefix })
+}
+
+/// Parses the command line. Returns the options (defaults where a word was rejected)
+/// and every rejected word.
+pub fn parse(cmdline: &str) -> (BootOptions, Vec<OptionError>) {
+    let mut options = BootOptions::default();
+    let mut errors = Vec::new();
+    for word in cmdline.split_ascii_whitespace() {
+        let reject = |message: String| OptionError { word: String::from(word), message };
+        let Some((key, value)) = word.split_once('=') else {
+            errors.push(reject(format!("expected key=value (known keys: {})", known_list())));
+            continue;
+        };
+        let bad_value = || format!("'{value}' is not {}", expected(key));
+        match key {
+            "node" => match value.parse::<u8>() {
+                Ok(n) if n >= 1 => options.node = n,
+                _ => errors.push(reject(bad_value())),
+            },
+            "selftest" => match value {
+                "none" => options.selftest = SelfTest::None,
+                "pagefault" => options.selftest = SelfTest::PageFault,
+                "divide" => options.selftest = SelfTest::DivideError,
+                "panic" => options.selftest = SelfTest::Panic,
+                _ => errors.push(reject(bad_value())),
+            },
+            "timer" => match value {
+                "auto" => options.timer = TimerChoice::Auto,
+                "pit" => options.timer = TimerChoice::Pit,
+                _ => errors.push(reject(bad_value())),
+            },
+            "ip" => match parse_cidr(value) {
+                Some(cidr) => options.ip = Some(cidr),
+                None => errors.push(reject(bad_value())),
+            },
+            _ => errors.push(reject(format!("unknown key '{key}' (known keys: {})", known_list()))),
+        }
+    }
+    (options, errors)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::string::ToString;
+
+    #[test]
+    fn empty_line_gives_defaults() {
+        assert_eq!(parse(""), (BootOptions::default(), Vec::new()));
+    }
+
+    #[test]
+    fn typed_values() {
+        let (o, e) = parse("node=2  selftest=pagefault timer=pit ip=10.1.2.3/24");
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!(o.node, 2);
+        assert_eq!(o.selftest, SelfTest::PageFault);
+        assert_eq!(o.timer, TimerChoice::Pit);
+        assert_eq!(o.ip, Some(Ipv4Cidr { address: [10, 1, 2, 3], prefix: 24 }));
+    }
+
+    #[test]
+    fn unknown_and_bad_words_are_rejected_and_the_rest_applies() {
+        let (o, e) = parse("colour=blue node=0 quiet node=7 ip=1.2.3/8 ip=1.2.3.4/33");
+        assert_eq!(o.node, 7);
+        assert_eq!(o.ip, None);
+        assert_eq!(e.len(), 5);
+        assert!(e[0].message.contains("unknown key 'colour'"));
+        assert!(e[0].message.contains("node, selftest"));
+        assert!(e[1].to_string().contains("'node=0' rejected: '0' is not a node id 1-255"));
+        assert!(e[2].message.contains("expected key=value"));
+    }
+
+    #[test]
+    fn ipv4_parser_is_strict() {
+        assert_eq!(parse_ipv4("192.168.0.1"), Some([192, 168, 0, 1]));
+        for bad in ["", "1.2.3", "1.2.3.4.5", "256.1.1.1", "a.b.c.d", "1..2.3", "+1.2.3.4"] {
+            assert_eq!(parse_ipv4(bad), None, "{bad}");
+        }
+    }
+}
