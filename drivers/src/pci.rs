@@ -324,6 +324,85 @@ fn scan_bus(config: &dyn ConfigSpace, bus: u8, found: &mut Vec<PciFunction>, dep
     }
 }
 
+/// Address ranges the kernel may give to BARs the firmware left unassigned.
+#[derive(Debug, Clone, Copy)]
+pub struct ResourceWindows {
+    /// 32-bit memory window: [start, end).
+    pub memory: (u64, u64),
+    /// I/O port window: [start, end).
+    pub io: (u32, u32),
+}
+
+impl ResourceWindows {
+    /// The windows QEMU's pc and q35 machines leave free below the IOAPIC for guests
+    /// with up to 3.5 GiB of RAM.
+    pub const QEMU_PC: ResourceWindows =
+        ResourceWindows { memory: (0xe000_0000, 0xfec0_0000), io: (0xc000, 0x1_0000) };
+}
+
+/// Gives every unassigned BAR of the functions on bus 0 an address from `windows`
+/// (aligned to its size, from the top of the window down, as firmware does) and turns
+/// decoding on. Firmware normally does this; minimal firmware (qboot) does not.
+/// Functions behind bridges are left alone (their bridge windows would need programming
+/// too). Returns how many BARs were assigned, or an error when a window is exhausted.
+pub fn assign_unassigned(
+    config: &dyn ConfigSpace,
+    functions: &mut [PciFunction],
+    windows: &ResourceWindows,
+) -> Result<usize, &'static str> {
+    let mut memory_top = windows.memory.1;
+    let mut io_top = windows.io.1;
+    let mut assigned = 0;
+    // Largest BARs first keeps the alignment holes small.
+    let mut requests: Vec<(u64, usize, usize)> = Vec::new();
+    for (fi, f) in functions.iter().enumerate() {
+        if f.address.bus != 0 || f.header_type != 0 {
+            continue;
+        }
+        for (bi, bar) in f.bars.iter().enumerate() {
+            match *bar {
+                Bar::Memory { address: 0, size, .. } if size > 0 => requests.push((size, fi, bi)),
+                Bar::Io { port: 0, size } if size > 0 => requests.push((u64::from(size), fi, bi)),
+                _ => {}
+            }
+        }
+    }
+    requests.sort_by(|a, b| b.0.cmp(&a.0));
+    for (size, fi, bi) in requests {
+        let f = &mut functions[fi];
+        let offset = 0x10 + 4 * bi as u8;
+        match f.bars[bi] {
+            Bar::Memory { wide, prefetchable, .. } => {
+                let base = memory_top.checked_sub(size).ok_or("PCI memory window exhausted")? & !(size - 1);
+                if base < windows.memory.0 {
+                    return Err("PCI memory window exhausted");
+                }
+                memory_top = base;
+                let low = config.read32(f.address, offset) & 0xf;
+                config.write32(f.address, offset, (base as u32) | low);
+                if wide {
+                    config.write32(f.address, offset + 4, (base >> 32) as u32);
+                }
+                f.bars[bi] = Bar::Memory { address: base, size, wide, prefetchable };
+                f.enable(config, command::MEMORY_SPACE);
+            }
+            Bar::Io { size, .. } => {
+                let base = io_top.checked_sub(size).ok_or("PCI I/O window exhausted")? & !(size - 1);
+                if base < windows.io.0 {
+                    return Err("PCI I/O window exhausted");
+                }
+                io_top = base;
+                config.write32(f.address, offset, base | 1);
+                f.bars[bi] = Bar::Io { port: base, size };
+                f.enable(config, command::IO_SPACE);
+            }
+            Bar::None => continue,
+        }
+        assigned += 1;
+    }
+    Ok(assigned)
+}
+
 /// Lists every function reachable from bus 0.
 pub fn enumerate(config: &dyn ConfigSpace) -> Vec<PciFunction> {
     let mut found = Vec::new();
@@ -393,5 +472,41 @@ mod tests {
         // Sizing restored the BARs.
         assert_eq!(config.read32(nic, 0x10), 0xfeb8_0000);
         assert_eq!(f.class_name(), "Ethernet");
+    }
+
+    #[test]
+    fn unassigned_bars_get_aligned_addresses_in_the_window() {
+        let nic = PciAddress { bus: 0, device: 1, function: 0 };
+        let mut space = BTreeMap::new();
+        space.insert((nic, 0), 0x1000_1af4);
+        space.insert((nic, 8), 0x0200_0000);
+        space.insert((nic, 0x10), 0x1); // I/O, unassigned
+        space.insert((nic, 0x14), 0x0); // 32-bit memory, unassigned
+        space.insert((nic, 0x20), 0xc); // 64-bit prefetchable, unassigned
+        space.insert((nic, 0x24), 0x0);
+        let mut bar_masks = BTreeMap::new();
+        bar_masks.insert((nic, 0x10), 0xffff_ffe1);
+        bar_masks.insert((nic, 0x14), 0xffff_f000);
+        bar_masks.insert((nic, 0x20), 0xffff_c00c);
+        bar_masks.insert((nic, 0x24), 0xffff_ffff);
+        let config = FakeConfig { space: RefCell::new(space), bar_masks };
+        let mut found = enumerate(&config);
+        let windows = ResourceWindows { memory: (0xe000_0000, 0xe000_5000), io: (0xc000, 0xc040) };
+        assert_eq!(assign_unassigned(&config, &mut found, &windows), Ok(3));
+        assert_eq!(found[0].memory_bar(4), Some((0xe000_0000, 0x4000)));
+        assert_eq!(found[0].memory_bar(1), Some((0xe000_4000, 0x1000)));
+        assert_eq!(found[0].bars[0], Bar::Io { port: 0xc020, size: 0x20 });
+        assert_eq!(config.read32(nic, 0x20), 0xe000_000c);
+        assert_eq!(config.read16(nic, 4) & 3, 3);
+        // A second pass has nothing to do; a window too small is an error.
+        assert_eq!(assign_unassigned(&config, &mut found, &windows), Ok(0));
+        let mut again = enumerate(&config);
+        for bar in again[0].bars.iter_mut() {
+            if let Bar::Memory { address, .. } = bar {
+                *address = 0;
+            }
+        }
+        let tiny = ResourceWindows { memory: (0xe000_0000, 0xe000_1000), io: (0xc000, 0xc040) };
+        assert!(assign_unassigned(&config, &mut again, &tiny).is_err());
     }
 }

@@ -85,8 +85,14 @@ fn kernel_main(boot: &'static BootInfo) -> ! {
         (timer.tsc_hz / 1_000) % 1_000
     );
 
-    let pci = pci::enumerate(&PCI_CONFIG);
+    let mut pci = pci::enumerate(&PCI_CONFIG);
     println!("pci: {} functions", pci.len());
+    // Minimal firmware (qboot) leaves BARs unassigned; full firmware assigns them all.
+    match pci::assign_unassigned(&PCI_CONFIG, &mut pci, &pci::ResourceWindows::QEMU_PC) {
+        Ok(0) => {}
+        Ok(n) => println!("pci: assigned {n} BARs the firmware left unassigned"),
+        Err(e) => println!("{}pci: {e}", markers::ERROR),
+    }
     for function in &pci {
         println!("  {function}");
     }

@@ -1,1 +1,245 @@
-fn main() {}
+//! `duplex-lab` (run as `cargo lab <command>`): the Duplex lab's command line.
+
+use std::io::{IsTerminal, Read, Write};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use duplex_lab::stats::{median, percentile};
+use duplex_lab::vm::{Accel, Firmware, Vm, VmConfig};
+use duplex_lab::{Result, image, lab_error};
+
+const USAGE: &str = "\
+usage: cargo lab <command> [options]
+
+commands:
+  build                         build the appliance image and print its path
+  boot [--cmdline STR] [--kvm] [--memory MIB] [--firmware qboot|seabios]
+                                boot one appliance and attach this terminal to its
+                                serial console (Ctrl-C ends)
+  bench boot [--runs N] [--json] [--firmware qboot|seabios]
+                                boot N times (default 10); median and p90 time from QEMU
+                                launch to the ready marker, and the image size
+  help                          this text
+
+QEMU runs with TCG (software emulation) unless --kvm is given.
+";
+
+/// Command-line words after the command, with typed look-ups.
+struct Args {
+    words: Vec<String>,
+}
+
+impl Args {
+    fn flag(&mut self, name: &str) -> bool {
+        let before = self.words.len();
+        self.words.retain(|w| w != name);
+        before != self.words.len()
+    }
+
+    fn value(&mut self, name: &str) -> Result<Option<String>> {
+        let Some(i) = self.words.iter().position(|w| w == name) else { return Ok(None) };
+        if i + 1 >= self.words.len() {
+            return Err(lab_error!("{name} needs a value"));
+        }
+        let value = self.words.remove(i + 1);
+        self.words.remove(i);
+        Ok(Some(value))
+    }
+
+    fn number<T: std::str::FromStr>(&mut self, name: &str, default: T) -> Result<T> {
+        match self.value(name)? {
+            None => Ok(default),
+            Some(v) => v.parse().map_err(|_| lab_error!("{name}: '{v}' is not a valid number")),
+        }
+    }
+
+    fn firmware(&mut self) -> Result<Firmware> {
+        match self.value("--firmware")? {
+            None => Ok(Firmware::default()),
+            Some(v) => Firmware::parse(&v).ok_or_else(|| lab_error!("--firmware: '{v}' is not qboot or seabios")),
+        }
+    }
+
+    fn finish(self) -> Result {
+        match self.words.first() {
+            None => Ok(()),
+            Some(w) => Err(lab_error!("unknown argument '{w}' (see `cargo lab help`)")),
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    let mut words: Vec<String> = std::env::args().skip(1).collect();
+    if words.is_empty() {
+        eprint!("{USAGE}");
+        return ExitCode::from(2);
+    }
+    let command = words.remove(0);
+    let args = Args { words };
+    let result = match command.as_str() {
+        "build" => cmd_build(args),
+        "boot" => cmd_boot(args),
+        "bench" => cmd_bench(args),
+        "help" | "--help" | "-h" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => Err(lab_error!("unknown command '{other}' (see `cargo lab help`)")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn cmd_build(args: Args) -> Result {
+    args.finish()?;
+    let path = image::build()?;
+    let sizes = image::sizes(&path)?;
+    println!("{} ({} bytes loaded, {} bytes on disk)", path.display(), sizes.loaded, sizes.file);
+    Ok(())
+}
+
+fn cmd_boot(mut args: Args) -> Result {
+    let cmdline = args.value("--cmdline")?.unwrap_or_default();
+    let kvm = args.flag("--kvm");
+    let memory = args.number("--memory", 128u32)?;
+    let firmware = args.firmware()?;
+    args.finish()?;
+    let kernel = image::build()?;
+    let mut config = VmConfig::new("boot", &kernel).cmdline(&cmdline);
+    config.memory_mib = memory;
+    config.firmware = firmware;
+    config.lifetime = Duration::from_secs(24 * 3600);
+    if kvm {
+        config.accel = Accel::Kvm;
+    }
+    let mut vm = Vm::launch(&config)?;
+    eprintln!("[lab] QEMU started; console attached. Ctrl-C ends the session.");
+
+    let interactive = std::io::stdin().is_terminal();
+    let _raw = if interactive { Some(RawTerminal::enter()) } else { None };
+    let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    std::thread::spawn(move || {
+        let mut stdin = std::io::stdin();
+        let mut buf = [0u8; 256];
+        while let Ok(n) = stdin.read(&mut buf) {
+            if n == 0 || tx.send(buf[..n].to_vec()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut offset = 0;
+    let mut stdout = std::io::stdout();
+    loop {
+        let (bytes, next, closed) = vm.read_from(offset, Duration::from_millis(20));
+        offset = next;
+        let _ = stdout.write_all(&bytes);
+        let _ = stdout.flush();
+        while let Ok(input) = rx.try_recv() {
+            if input.contains(&0x03) {
+                eprint!("\r\n[lab] Ctrl-C: stopping the appliance.\r\n");
+                return Ok(());
+            }
+            let text = String::from_utf8_lossy(&input).replace('\n', "\r");
+            vm.send(&text)?;
+        }
+        if closed || !vm.is_running() {
+            let code = vm.wait_exit(Duration::from_secs(5))?;
+            eprint!("\r\n[lab] QEMU exited with {code:?}\r\n");
+            return Ok(());
+        }
+    }
+}
+
+/// Puts the terminal in raw mode (bytes straight through, no local echo) and restores it
+/// on drop.
+struct RawTerminal;
+
+impl RawTerminal {
+    fn enter() -> RawTerminal {
+        let _ = std::process::Command::new("stty")
+            .args(["raw", "-echo"])
+            .stdin(std::process::Stdio::inherit())
+            .status();
+        RawTerminal
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("stty")
+            .arg("sane")
+            .stdin(std::process::Stdio::inherit())
+            .status();
+    }
+}
+
+fn cmd_bench(mut args: Args) -> Result {
+    if args.words.is_empty() {
+        return Err(lab_error!("bench needs a benchmark name: boot"));
+    }
+    let which = args.words.remove(0);
+    match which.as_str() {
+        "boot" => bench_boot(args),
+        other => Err(lab_error!("unknown benchmark '{other}' (known: boot)")),
+    }
+}
+
+fn bench_boot(mut args: Args) -> Result {
+    let runs = args.number("--runs", 10usize)?.max(1);
+    let json = args.flag("--json");
+    let firmware = args.firmware()?;
+    args.finish()?;
+    let kernel = image::build()?;
+    let sizes = image::sizes(&kernel)?;
+    let mut config = VmConfig::new("bench-boot", &kernel);
+    config.firmware = firmware;
+    let mut to_banner = Vec::new();
+    let mut to_ready = Vec::new();
+    for run in 0..runs {
+        let vm = Vm::launch(&config)?;
+        let launched = vm.launched();
+        vm.wait_for(duplex_mgmt::markers::BANNER, Duration::from_secs(30))?;
+        let banner = Instant::now();
+        vm.wait_ready(Duration::from_secs(30))?;
+        let ready = Instant::now();
+        let first_ms = (banner - launched).as_secs_f64() * 1e3;
+        let ready_ms = (ready - launched).as_secs_f64() * 1e3;
+        if !json {
+            println!("run {:>2}: first console line {first_ms:7.1} ms, ready {ready_ms:7.1} ms", run + 1);
+        }
+        to_banner.push(first_ms);
+        to_ready.push(ready_ms);
+    }
+    let median_ms = median(&to_ready).unwrap_or(0.0);
+    let p90_ms = percentile(&to_ready, 90.0).unwrap_or(0.0);
+    let banner_ms = median(&to_banner).unwrap_or(0.0);
+    println!("boot to ready over {runs} runs (TCG, {firmware:?}): median {median_ms:.1} ms, p90 {p90_ms:.1} ms (goal: median < 100 ms)");
+    println!(
+        "  of which QEMU + firmware + loader to first console line: median {banner_ms:.1} ms ({:.0} % of the total); appliance init: {:.1} ms",
+        100.0 * banner_ms / median_ms.max(1e-9),
+        median_ms - banner_ms
+    );
+    println!("  image: {} bytes loaded ({} bytes ELF with symbols)", sizes.loaded, sizes.file);
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "median_ms": round1(median_ms),
+                "p90_ms": round1(p90_ms),
+                "image_bytes": sizes.loaded,
+                "firmware_median_ms": round1(banner_ms),
+                "runs": runs,
+            })
+        );
+    }
+    Ok(())
+}
+
+fn round1(x: f64) -> f64 {
+    (x * 10.0).round() / 10.0
+}

@@ -20,6 +20,7 @@ const LAPIC_BASE: usize = 0xfee0_0000;
 const LAPIC_EOI: usize = 0xb0;
 const LAPIC_SVR: usize = 0xf0;
 const LAPIC_LVT_TIMER: usize = 0x320;
+const LAPIC_LVT_LINT0: usize = 0x350;
 const LAPIC_INITIAL_COUNT: usize = 0x380;
 const LAPIC_CURRENT_COUNT: usize = 0x390;
 const LAPIC_DIVIDE: usize = 0x3e0;
@@ -119,38 +120,80 @@ fn pic_init(unmask_timer: bool) {
     }
 }
 
-/// Measures the TSC (and the local APIC timer, when `lapic`) against a 10 ms PIT
-/// channel-2 countdown. Returns (TSC counts, APIC counts) in that window.
-fn calibrate(lapic: bool) -> (u64, u64) {
-    let count = (PIT_HZ * CALIBRATION_MS / 1000) as u16;
+/// One paired reading: the PIT channel-2 count, the local APIC current count and the
+/// TSC in the middle of the reads, and how long the reads took in TSC counts.
+struct Sample {
+    pit: u16,
+    apic: u32,
+    tsc: u64,
+    spread: u64,
+}
+
+fn sample(lapic: bool) -> Sample {
+    let before = rdtsc();
+    // SAFETY: 0x80 to 0x43 latches channel 2's count; two reads of 0x42 return it, low
+    // byte first.
+    let pit = unsafe {
+        outb(0x43, 0x80);
+        let low = inb(0x42);
+        let high = inb(0x42);
+        u16::from_le_bytes([low, high])
+    };
+    let apic = if lapic { lapic_read(LAPIC_CURRENT_COUNT) } else { 0 };
+    let after = rdtsc();
+    Sample { pit, apic, tsc: before + (after - before) / 2, spread: after - before }
+}
+
+/// The sample with the shortest read time of a few, so a read delayed by the host
+/// (TCG takes a lock for port I/O) does not skew the calibration.
+fn best_sample(lapic: bool) -> Sample {
+    let mut best = sample(lapic);
+    for _ in 0..4 {
+        let s = sample(lapic);
+        if s.spread < best.spread {
+            best = s;
+        }
+    }
+    best
+}
+
+/// Measures the TSC (and the local APIC timer, when `lapic`) against PIT channel 2
+/// counting down from 0xffff in mode 0 for about [`CALIBRATION_MS`]. Returns the PIT
+/// counts, TSC counts and APIC counts between two paired readings.
+fn calibrate(lapic: bool) -> (u64, u64, u64) {
+    let window = (PIT_HZ * CALIBRATION_MS / 1000) as u16;
     if lapic {
         lapic_write(LAPIC_DIVIDE, 0x3);
         lapic_write(LAPIC_LVT_TIMER, 1 << 16); // masked, one-shot
+        lapic_write(LAPIC_INITIAL_COUNT, u32::MAX);
     }
     // SAFETY: port 0x61 bit 0 gates PIT channel 2 and bit 1 drives the speaker (kept off);
-    // 0xb0 to 0x43 selects channel 2, lobyte/hibyte, mode 0; then the count.
+    // 0xb0 to 0x43 selects channel 2, lobyte/hibyte, mode 0; then the count 0xffff.
     unsafe {
         let gate = (inb(0x61) & !0x02) | 0x01;
         outb(0x61, gate & !0x01);
         outb(0x43, 0xb0);
-        outb(0x42, count as u8);
-        outb(0x42, (count >> 8) as u8);
+        outb(0x42, 0xff);
+        outb(0x42, 0xff);
         outb(0x61, gate);
     }
-    if lapic {
-        lapic_write(LAPIC_INITIAL_COUNT, u32::MAX);
-    }
-    let tsc_start = rdtsc();
-    // SAFETY: reading port 0x61 has no side effect; bit 5 is channel 2's output.
-    while unsafe { inb(0x61) } & 0x20 == 0 {
+    let first = best_sample(lapic);
+    loop {
+        let s = sample(lapic);
+        if first.pit.wrapping_sub(s.pit) >= window {
+            break;
+        }
         core::hint::spin_loop();
     }
-    let tsc_end = rdtsc();
-    let apic = if lapic { u64::from(u32::MAX - lapic_read(LAPIC_CURRENT_COUNT)) } else { 0 };
+    let last = best_sample(lapic);
     if lapic {
         lapic_write(LAPIC_INITIAL_COUNT, 0);
     }
-    (tsc_end.wrapping_sub(tsc_start), apic)
+    (
+        u64::from(first.pit.wrapping_sub(last.pit)),
+        last.tsc.wrapping_sub(first.tsc),
+        u64::from(first.apic.wrapping_sub(last.apic)),
+    )
 }
 
 /// Calibrates the clock and starts the 1 kHz tick. Interrupts must still be disabled;
@@ -158,13 +201,14 @@ fn calibrate(lapic: bool) -> (u64, u64) {
 pub fn init(preference: TickPreference) -> TimerInfo {
     let lapic = preference == TickPreference::Auto && has_lapic();
     pic_init(false);
-    let (tsc, apic) = calibrate(lapic);
-    let tsc_hz = (tsc * 1000 / CALIBRATION_MS).max(1);
+    let (pit, tsc, apic) = calibrate(lapic);
+    let pit = pit.max(1);
+    let tsc_hz = (u128::from(tsc) * u128::from(PIT_HZ) / u128::from(pit)).max(1) as u64;
     TSC_HZ.store(tsc_hz, Ordering::Relaxed);
     TSC_MULT.store(((1_000_000_000u128 << 32) / u128::from(tsc_hz)) as u64, Ordering::Relaxed);
     TSC_BASE.store(rdtsc(), Ordering::Relaxed);
 
-    let per_tick = apic / CALIBRATION_MS;
+    let per_tick = (u128::from(apic) * u128::from(PIT_HZ) / (u128::from(pit) * u128::from(TICK_HZ))) as u64;
     if lapic && per_tick > 0 {
         USE_LAPIC.store(true, Ordering::Relaxed);
         LAPIC_COUNT_PER_TICK.store(per_tick, Ordering::Relaxed);
@@ -183,6 +227,12 @@ pub fn init(preference: TickPreference) -> TimerInfo {
             outb(0x40, (divisor >> 8) as u8);
         }
         pic_init(true);
+        if has_lapic() {
+            // Firmware usually leaves the local APIC in virtual-wire mode (LINT0 =
+            // ExtINT) so the PIC's interrupts reach the CPU; minimal firmware does not.
+            lapic_write(LAPIC_SVR, 0x100 | u32::from(crate::cpu::SPURIOUS_VECTOR));
+            lapic_write(LAPIC_LVT_LINT0, 0x700);
+        }
         TimerInfo { source: TickSource::Pit, tsc_hz, lapic_count_per_tick: 0 }
     }
 }
