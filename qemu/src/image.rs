@@ -97,3 +97,41 @@ pub fn sizes(path: &std::path::Path) -> Result<ImageSizes> {
     }
     Ok(ImageSizes { loaded, file: data.len() as u64 })
 }
+
+/// Builds a bootable hybrid ISO (BIOS CD, BIOS USB stick and UEFI) with GRUB that loads
+/// the image through Multiboot2 with `cmdline`. Needs `grub-mkrescue` (Debian packages
+/// grub-pc-bin, grub-efi-amd64-bin, xorriso, mtools).
+pub fn grub_iso(kernel: &std::path::Path, cmdline: &str, out: &std::path::Path) -> Result<()> {
+    let tree = out.with_extension("tree");
+    let _ = std::fs::remove_dir_all(&tree);
+    std::fs::create_dir_all(tree.join("boot/grub"))?;
+    std::fs::copy(kernel, tree.join("boot/duplex.elf"))?;
+    let config = format!(
+        "# Duplex appliance boot menu (written by `cargo lab iso`).\n\
+         set timeout=0\n\
+         set default=0\n\
+         serial --unit=0 --speed=115200\n\
+         terminal_input serial console\n\
+         terminal_output serial console\n\
+         menuentry \"Duplex appliance\" {{\n\
+         \x20   multiboot2 /boot/duplex.elf {cmdline}\n\
+         \x20   boot\n\
+         }}\n"
+    );
+    std::fs::write(tree.join("boot/grub/grub.cfg"), config)?;
+    let output = Command::new("grub-mkrescue")
+        .arg("-o")
+        .arg(out)
+        .arg(&tree)
+        .output()
+        .map_err(|e| {
+            lab_error!(
+                "cannot run grub-mkrescue: {e} (install: apt-get install -y grub-pc-bin grub-efi-amd64-bin xorriso mtools)"
+            )
+        })?;
+    let _ = std::fs::remove_dir_all(&tree);
+    if !output.status.success() {
+        return Err(lab_error!("grub-mkrescue failed:\n{}", String::from_utf8_lossy(&output.stderr)));
+    }
+    Ok(())
+}

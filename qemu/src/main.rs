@@ -13,6 +13,8 @@ usage: cargo lab <command> [options]
 
 commands:
   build                         build the appliance image and print its path
+  iso [--cmdline STR] [--out PATH]
+                                build a GRUB hybrid ISO (CD, USB stick, UEFI) of the image
   boot [--cmdline STR] [--kvm] [--memory MIB] [--firmware qboot|seabios]
                                 boot one appliance and attach this terminal to its
                                 serial console (Ctrl-C ends)
@@ -79,6 +81,7 @@ fn main() -> ExitCode {
     let result = match command.as_str() {
         "build" => cmd_build(args),
         "boot" => cmd_boot(args),
+        "iso" => cmd_iso(args),
         "bench" => cmd_bench(args),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
@@ -100,6 +103,16 @@ fn cmd_build(args: Args) -> Result {
     let path = image::build()?;
     let sizes = image::sizes(&path)?;
     println!("{} ({} bytes loaded, {} bytes on disk)", path.display(), sizes.loaded, sizes.file);
+    Ok(())
+}
+
+fn cmd_iso(mut args: Args) -> Result {
+    let cmdline = args.value("--cmdline")?.unwrap_or_default();
+    let out = args.value("--out")?.map(std::path::PathBuf::from).unwrap_or_else(|| image::target_dir().join("duplex.iso"));
+    args.finish()?;
+    let kernel = image::build()?;
+    image::grub_iso(&kernel, &cmdline, &out)?;
+    println!("{} (write it to a USB stick with dd, or boot it with -cdrom)", out.display());
     Ok(())
 }
 

@@ -80,6 +80,8 @@ pub struct VmConfig {
     pub start_paused: bool,
     /// The firmware.
     pub firmware: Firmware,
+    /// Boot this CD image (GRUB) with SeaBIOS instead of `-kernel`.
+    pub cdrom: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -96,6 +98,7 @@ impl VmConfig {
             connect_timeout: Duration::from_secs(20),
             start_paused: false,
             firmware: Firmware::default(),
+            cdrom: None,
         }
     }
 
@@ -118,12 +121,17 @@ impl VmConfig {
             Accel::Tcg => args.extend(["-accel".into(), "tcg".into()]),
             Accel::Kvm => args.extend(["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()]),
         }
-        if self.firmware == Firmware::Qboot && Path::new(QBOOT_ROM).exists() {
-            args.extend(["-bios".into(), QBOOT_ROM.into()]);
-        }
-        args.extend(["-kernel".into(), self.kernel.display().to_string()]);
-        if !self.cmdline.is_empty() {
-            args.extend(["-append".into(), self.cmdline.clone()]);
+        if let Some(cdrom) = &self.cdrom {
+            // GRUB needs a full BIOS; the command line is in the ISO's grub.cfg.
+            args.extend(["-cdrom".into(), cdrom.display().to_string(), "-boot".into(), "d".into()]);
+        } else {
+            if self.firmware == Firmware::Qboot && Path::new(QBOOT_ROM).exists() {
+                args.extend(["-bios".into(), QBOOT_ROM.into()]);
+            }
+            args.extend(["-kernel".into(), self.kernel.display().to_string()]);
+            if !self.cmdline.is_empty() {
+                args.extend(["-append".into(), self.cmdline.clone()]);
+            }
         }
         args.extend([
             "-chardev".into(),
@@ -213,7 +221,7 @@ fn accept_before(listener: &UnixListener, child: &mut Child, deadline: Instant, 
 impl Vm {
     /// Starts QEMU and connects to its console and QMP.
     pub fn launch(config: &VmConfig) -> Result<Vm> {
-        if !config.kernel.exists() {
+        if config.cdrom.is_none() && !config.kernel.exists() {
             return Err(lab_error!("image {} does not exist (build it with `cargo lab build`)", config.kernel.display()));
         }
         let dir = run_dir(&config.name)?;

@@ -157,3 +157,20 @@ fn timer_ticks_at_1khz_on_the_local_apic() {
 fn timer_ticks_at_1khz_on_the_pit() {
     check_timer_rate("timer=pit");
 }
+
+#[test]
+fn grub_boots_the_image_through_multiboot2() {
+    let _machine = shared();
+    let kernel = duplex_lab::image::build().unwrap_or_else(|e| panic!("{e}"));
+    let iso = std::env::temp_dir().join(format!("duplex-test-{}.iso", std::process::id()));
+    duplex_lab::image::grub_iso(&kernel, "node=5", &iso).unwrap_or_else(|e| panic!("{e}"));
+    let mut config = config("grub", "");
+    config.cdrom = Some(iso.clone());
+    let vm = Vm::launch(&config).unwrap_or_else(|e| panic!("{e}"));
+    let ready = vm.wait_ready(BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let _ = std::fs::remove_file(&iso);
+    assert!(ready.contains("node=5"), "{ready}");
+    let text = vm.console_text();
+    assert!(text.contains("booting via Multiboot2"), "{text}");
+    assert!(text.contains("cmdline: 'node=5'"), "{text}");
+}
