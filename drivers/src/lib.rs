@@ -19,3 +19,4 @@ pub mod e1000;
 pub mod pci;
 pub mod uart;
 pub mod virtio;
+pub mod watchdog;

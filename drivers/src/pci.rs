@@ -59,7 +59,11 @@ pub trait ConfigSpace {
     }
 }
 
-/// The legacy I/O-port mechanism (0xCF8 address, 0xCFC data).
+/// The legacy I/O-port mechanism (0xCF8 address, 0xCFC..0xCFF data).
+///
+/// 8- and 16-bit fields are accessed with 8- and 16-bit cycles on the data port, not
+/// by read-modify-write of the dword: some devices act on the access width (the
+/// i6300ESB's configuration and lock registers only respond to 16- and 8-bit writes).
 pub struct PortConfigSpace {
     ports: Mutex<(Port<u32>, Port<u32>)>,
 }
@@ -69,7 +73,9 @@ impl PortConfigSpace {
     /// The machine must decode 0xCF8/0xCFC as the PCI configuration mechanism #1, and
     /// nothing else may use those ports while this value lives.
     pub const unsafe fn new() -> Self {
-        PortConfigSpace { ports: Mutex::new((Port::new(0xcf8), Port::new(0xcfc))) }
+        PortConfigSpace {
+            ports: Mutex::new((Port::new(0xcf8), Port::new(0xcfc))),
+        }
     }
 
     fn select(address: PciAddress, offset: u8) -> u32 {
@@ -98,6 +104,42 @@ impl ConfigSpace for PortConfigSpace {
         unsafe {
             ports.0.write(Self::select(address, offset));
             ports.1.write(value);
+        }
+    }
+
+    fn read16(&self, address: PciAddress, offset: u8) -> u16 {
+        let mut ports = self.ports.lock();
+        // SAFETY: as in `read32`; the data port decodes 16-bit reads at 0xCFC + 0/2.
+        unsafe {
+            ports.0.write(Self::select(address, offset));
+            Port::<u16>::new(0xcfc + u16::from(offset & 2)).read()
+        }
+    }
+
+    fn read8(&self, address: PciAddress, offset: u8) -> u8 {
+        let mut ports = self.ports.lock();
+        // SAFETY: as in `read32`; the data port decodes 8-bit reads at 0xCFC + 0..3.
+        unsafe {
+            ports.0.write(Self::select(address, offset));
+            Port::<u8>::new(0xcfc + u16::from(offset & 3)).read()
+        }
+    }
+
+    fn write16(&self, address: PciAddress, offset: u8, value: u16) {
+        let mut ports = self.ports.lock();
+        // SAFETY: as in `read16`.
+        unsafe {
+            ports.0.write(Self::select(address, offset));
+            Port::<u16>::new(0xcfc + u16::from(offset & 2)).write(value);
+        }
+    }
+
+    fn write8(&self, address: PciAddress, offset: u8, value: u8) {
+        let mut ports = self.ports.lock();
+        // SAFETY: as in `read8`.
+        unsafe {
+            ports.0.write(Self::select(address, offset));
+            Port::<u8>::new(0xcfc + u16::from(offset & 3)).write(value);
         }
     }
 }
@@ -144,7 +186,12 @@ impl fmt::Display for Bar {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match *self {
             Bar::None => f.write_str("-"),
-            Bar::Memory { address, size, wide, prefetchable } => write!(
+            Bar::Memory {
+                address,
+                size,
+                wide,
+                prefetchable,
+            } => write!(
                 f,
                 "mem 0x{address:x} size 0x{size:x}{}{}",
                 if wide { " 64-bit" } else { "" },
@@ -225,7 +272,12 @@ impl fmt::Display for PciFunction {
         write!(
             f,
             "{} {:04x}:{:04x} class {:02x}.{:02x}.{:02x} {}",
-            self.address, self.vendor, self.device, self.class, self.subclass, self.prog_if,
+            self.address,
+            self.vendor,
+            self.device,
+            self.class,
+            self.subclass,
+            self.prog_if,
             self.class_name()
         )
     }
@@ -235,7 +287,11 @@ fn read_bars(config: &dyn ConfigSpace, address: PciAddress, count: usize) -> [Ba
     let mut bars = [Bar::None; 6];
     let command = config.read16(address, 0x04);
     // Switch decoding off while sizing, so the all-ones value never decodes anywhere.
-    config.write16(address, 0x04, command & !(command::IO_SPACE | command::MEMORY_SPACE));
+    config.write16(
+        address,
+        0x04,
+        command & !(command::IO_SPACE | command::MEMORY_SPACE),
+    );
     let mut index = 0;
     while index < count {
         let offset = 0x10 + 4 * index as u8;
@@ -249,7 +305,10 @@ fn read_bars(config: &dyn ConfigSpace, address: PciAddress, count: usize) -> [Ba
         }
         if original & 1 == 1 {
             let size = (!(mask & 0xffff_fffc)).wrapping_add(1) & 0xffff;
-            bars[index] = Bar::Io { port: original & 0xffff_fffc, size };
+            bars[index] = Bar::Io {
+                port: original & 0xffff_fffc,
+                size,
+            };
             index += 1;
             continue;
         }
@@ -267,9 +326,17 @@ fn read_bars(config: &dyn ConfigSpace, address: PciAddress, count: usize) -> [Ba
                 (!full_mask).wrapping_add(1),
             )
         } else {
-            (u64::from(original & 0xffff_fff0), u64::from((!(mask & 0xffff_fff0)).wrapping_add(1)))
+            (
+                u64::from(original & 0xffff_fff0),
+                u64::from((!(mask & 0xffff_fff0)).wrapping_add(1)),
+            )
         };
-        bars[index] = Bar::Memory { address: address_value, size, wide, prefetchable };
+        bars[index] = Bar::Memory {
+            address: address_value,
+            size,
+            wide,
+            prefetchable,
+        };
         index += if wide { 2 } else { 1 };
     }
     config.write16(address, 0x04, command);
@@ -305,14 +372,24 @@ fn probe_function(config: &dyn ConfigSpace, address: PciAddress) -> Option<PciFu
 
 fn scan_bus(config: &dyn ConfigSpace, bus: u8, found: &mut Vec<PciFunction>, depth: u8) {
     for device in 0..32 {
-        let first = PciAddress { bus, device, function: 0 };
+        let first = PciAddress {
+            bus,
+            device,
+            function: 0,
+        };
         if config.read16(first, 0x00) == 0xffff {
             continue;
         }
         let multi = config.read8(first, 0x0e) & 0x80 != 0;
         for function in 0..if multi { 8 } else { 1 } {
-            let address = PciAddress { bus, device, function };
-            let Some(f) = probe_function(config, address) else { continue };
+            let address = PciAddress {
+                bus,
+                device,
+                function,
+            };
+            let Some(f) = probe_function(config, address) else {
+                continue;
+            };
             found.push(f);
             if f.header_type == 1 && depth < 8 {
                 let secondary = config.read8(address, 0x19);
@@ -336,12 +413,14 @@ pub struct ResourceWindows {
 impl ResourceWindows {
     /// The windows QEMU's pc and q35 machines leave free below the IOAPIC for guests
     /// with up to 3.5 GiB of RAM.
-    pub const QEMU_PC: ResourceWindows =
-        ResourceWindows { memory: (0xe000_0000, 0xfec0_0000), io: (0xc000, 0x1_0000) };
+    pub const QEMU_PC: ResourceWindows = ResourceWindows {
+        memory: (0xe000_0000, 0xfec0_0000),
+        io: (0xc000, 0x1_0000),
+    };
 }
 
 /// Gives every unassigned BAR of the functions on bus 0 an address from `windows`
-/// (aligned to its size, from the top of the window down, as firmware does) and turns
+/// (aligned to its size, largest first, from the bottom of the window up) and turns
 /// decoding on. Firmware normally does this; minimal firmware (qboot) does not.
 /// Functions behind bridges are left alone (their bridge windows would need programming
 /// too). Returns how many BARs were assigned, or an error when a window is exhausted.
@@ -350,8 +429,8 @@ pub fn assign_unassigned(
     functions: &mut [PciFunction],
     windows: &ResourceWindows,
 ) -> Result<usize, &'static str> {
-    let mut memory_top = windows.memory.1;
-    let mut io_top = windows.io.1;
+    let mut memory_next = windows.memory.0;
+    let mut io_next = windows.io.0;
     let mut assigned = 0;
     // Largest BARs first keeps the alignment holes small.
     let mut requests: Vec<(u64, usize, usize)> = Vec::new();
@@ -361,37 +440,49 @@ pub fn assign_unassigned(
         }
         for (bi, bar) in f.bars.iter().enumerate() {
             match *bar {
-                Bar::Memory { address: 0, size, .. } if size > 0 => requests.push((size, fi, bi)),
+                Bar::Memory {
+                    address: 0, size, ..
+                } if size > 0 => requests.push((size, fi, bi)),
                 Bar::Io { port: 0, size } if size > 0 => requests.push((u64::from(size), fi, bi)),
                 _ => {}
             }
         }
     }
-    requests.sort_by(|a, b| b.0.cmp(&a.0));
+    requests.sort_by_key(|r| core::cmp::Reverse(r.0));
     for (size, fi, bi) in requests {
         let f = &mut functions[fi];
         let offset = 0x10 + 4 * bi as u8;
         match f.bars[bi] {
-            Bar::Memory { wide, prefetchable, .. } => {
-                let base = memory_top.checked_sub(size).ok_or("PCI memory window exhausted")? & !(size - 1);
-                if base < windows.memory.0 {
+            Bar::Memory {
+                wide, prefetchable, ..
+            } => {
+                let base = memory_next.next_multiple_of(size);
+                if base
+                    .checked_add(size)
+                    .is_none_or(|end| end > windows.memory.1)
+                {
                     return Err("PCI memory window exhausted");
                 }
-                memory_top = base;
+                memory_next = base + size;
                 let low = config.read32(f.address, offset) & 0xf;
                 config.write32(f.address, offset, (base as u32) | low);
                 if wide {
                     config.write32(f.address, offset + 4, (base >> 32) as u32);
                 }
-                f.bars[bi] = Bar::Memory { address: base, size, wide, prefetchable };
+                f.bars[bi] = Bar::Memory {
+                    address: base,
+                    size,
+                    wide,
+                    prefetchable,
+                };
                 f.enable(config, command::MEMORY_SPACE);
             }
             Bar::Io { size, .. } => {
-                let base = io_top.checked_sub(size).ok_or("PCI I/O window exhausted")? & !(size - 1);
-                if base < windows.io.0 {
+                let base = io_next.next_multiple_of(size);
+                if base.checked_add(size).is_none_or(|end| end > windows.io.1) {
                     return Err("PCI I/O window exhausted");
                 }
-                io_top = base;
+                io_next = base + size;
                 config.write32(f.address, offset, base | 1);
                 f.bars[bi] = Bar::Io { port: base, size };
                 f.enable(config, command::IO_SPACE);
@@ -424,11 +515,17 @@ mod tests {
 
     impl ConfigSpace for FakeConfig {
         fn read32(&self, a: PciAddress, o: u8) -> u32 {
-            *self.space.borrow().get(&(a, o)).unwrap_or(&if o == 0 { 0xffff_ffff } else { 0 })
+            *self
+                .space
+                .borrow()
+                .get(&(a, o))
+                .unwrap_or(&if o == 0 { 0xffff_ffff } else { 0 })
         }
         fn write32(&self, a: PciAddress, o: u8, v: u32) {
             let v = match self.bar_masks.get(&(a, o)) {
                 Some(mask) if v == 0xffff_ffff => *mask,
+                // An unimplemented BAR is hard-wired to zero.
+                None if (0x10..=0x24).contains(&o) => return,
                 _ => v,
             };
             self.space.borrow_mut().insert((a, o), v);
@@ -437,9 +534,21 @@ mod tests {
 
     #[test]
     fn enumerates_and_sizes_bars_behind_a_bridge() {
-        let host = PciAddress { bus: 0, device: 0, function: 0 };
-        let bridge = PciAddress { bus: 0, device: 2, function: 0 };
-        let nic = PciAddress { bus: 1, device: 0, function: 0 };
+        let host = PciAddress {
+            bus: 0,
+            device: 0,
+            function: 0,
+        };
+        let bridge = PciAddress {
+            bus: 0,
+            device: 2,
+            function: 0,
+        };
+        let nic = PciAddress {
+            bus: 1,
+            device: 0,
+            function: 0,
+        };
         let mut space = BTreeMap::new();
         space.insert((host, 0), 0x29c0_8086);
         space.insert((host, 8), 0x0600_0000);
@@ -458,16 +567,30 @@ mod tests {
         bar_masks.insert((nic, 0x14), 0xffff_ffc1);
         bar_masks.insert((nic, 0x18), 0xffff_c00c);
         bar_masks.insert((nic, 0x1c), 0xffff_ffff);
-        let config = FakeConfig { space: RefCell::new(space), bar_masks };
+        let config = FakeConfig {
+            space: RefCell::new(space),
+            bar_masks,
+        };
         let found = enumerate(&config);
         assert_eq!(found.len(), 3);
         let f = found[2];
         assert_eq!((f.vendor, f.device, f.class), (0x8086, 0x100e, 2));
         assert_eq!(f.memory_bar(0), Some((0xfeb8_0000, 0x2_0000)));
-        assert_eq!(f.bars[1], Bar::Io { port: 0xc000, size: 0x40 });
+        assert_eq!(
+            f.bars[1],
+            Bar::Io {
+                port: 0xc000,
+                size: 0x40
+            }
+        );
         assert_eq!(
             f.bars[2],
-            Bar::Memory { address: 0x1_fe00_0000, size: 0x4000, wide: true, prefetchable: true }
+            Bar::Memory {
+                address: 0x1_fe00_0000,
+                size: 0x4000,
+                wide: true,
+                prefetchable: true
+            }
         );
         // Sizing restored the BARs.
         assert_eq!(config.read32(nic, 0x10), 0xfeb8_0000);
@@ -476,7 +599,11 @@ mod tests {
 
     #[test]
     fn unassigned_bars_get_aligned_addresses_in_the_window() {
-        let nic = PciAddress { bus: 0, device: 1, function: 0 };
+        let nic = PciAddress {
+            bus: 0,
+            device: 1,
+            function: 0,
+        };
         let mut space = BTreeMap::new();
         space.insert((nic, 0), 0x1000_1af4);
         space.insert((nic, 8), 0x0200_0000);
@@ -489,13 +616,25 @@ mod tests {
         bar_masks.insert((nic, 0x14), 0xffff_f000);
         bar_masks.insert((nic, 0x20), 0xffff_c00c);
         bar_masks.insert((nic, 0x24), 0xffff_ffff);
-        let config = FakeConfig { space: RefCell::new(space), bar_masks };
+        let config = FakeConfig {
+            space: RefCell::new(space),
+            bar_masks,
+        };
         let mut found = enumerate(&config);
-        let windows = ResourceWindows { memory: (0xe000_0000, 0xe000_5000), io: (0xc000, 0xc040) };
+        let windows = ResourceWindows {
+            memory: (0xe000_0000, 0xe000_5000),
+            io: (0xc000, 0xc040),
+        };
         assert_eq!(assign_unassigned(&config, &mut found, &windows), Ok(3));
         assert_eq!(found[0].memory_bar(4), Some((0xe000_0000, 0x4000)));
         assert_eq!(found[0].memory_bar(1), Some((0xe000_4000, 0x1000)));
-        assert_eq!(found[0].bars[0], Bar::Io { port: 0xc020, size: 0x20 });
+        assert_eq!(
+            found[0].bars[0],
+            Bar::Io {
+                port: 0xc000,
+                size: 0x20
+            }
+        );
         assert_eq!(config.read32(nic, 0x20), 0xe000_000c);
         assert_eq!(config.read16(nic, 4) & 3, 3);
         // A second pass has nothing to do; a window too small is an error.
@@ -506,7 +645,10 @@ mod tests {
                 *address = 0;
             }
         }
-        let tiny = ResourceWindows { memory: (0xe000_0000, 0xe000_1000), io: (0xc000, 0xc040) };
+        let tiny = ResourceWindows {
+            memory: (0xe000_0000, 0xe000_1000),
+            io: (0xc000, 0xc040),
+        };
         assert!(assign_unassigned(&config, &mut again, &tiny).is_err());
     }
 }

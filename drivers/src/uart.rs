@@ -33,7 +33,10 @@ impl SerialPort {
     pub unsafe fn new(base: u16) -> Result<Self, SerialError> {
         // SAFETY: forwarded from the caller.
         let mut uart = unsafe { Uart16550::new_port(base) }.map_err(|_| SerialError::NotPresent)?;
-        let config = Config { baud_rate: BaudRate::Baud115200, ..Config::default() };
+        let config = Config {
+            baud_rate: BaudRate::Baud115200,
+            ..Config::default()
+        };
         uart.init(config).map_err(|_| SerialError::InitFailed)?;
         Ok(SerialPort { uart })
     }

@@ -11,8 +11,8 @@ use core::cell::Cell;
 use core::time::Duration;
 
 use crate::{
-    BlockDevice, Bypass, BypassStatus, Clock, Error, Instant, MacAddress, Nic, NicCounters,
-    Result, Watchdog,
+    BlockDevice, Bypass, BypassStatus, Clock, Error, Instant, MacAddress, Nic, NicCounters, Result,
+    Watchdog,
 };
 
 /// A clock the test moves by hand.
@@ -24,7 +24,9 @@ pub struct FakeClock {
 impl FakeClock {
     /// A clock at `start`.
     pub fn new(start: Instant) -> Self {
-        FakeClock { now: Cell::new(start) }
+        FakeClock {
+            now: Cell::new(start),
+        }
     }
     /// Moves the clock forward by `d`.
     pub fn advance(&self, d: Duration) {
@@ -86,7 +88,9 @@ impl Nic for FakeNic {
     fn receive(&mut self, budget: usize, sink: &mut dyn FnMut(&[u8])) -> usize {
         let mut n = 0;
         while n < budget {
-            let Some(frame) = self.rx_queue.pop_front() else { break };
+            let Some(frame) = self.rx_queue.pop_front() else {
+                break;
+            };
             if !self.link {
                 self.counters.rx_dropped += 1;
                 continue;
@@ -223,7 +227,9 @@ pub struct FakeBlockDevice {
 impl FakeBlockDevice {
     /// A zeroed device of `block_count` blocks of `block_size` bytes.
     pub fn new(block_size: usize, block_count: u64) -> Self {
-        let len = usize::try_from(block_count).unwrap_or(0).saturating_mul(block_size);
+        let len = usize::try_from(block_count)
+            .unwrap_or(0)
+            .saturating_mul(block_size);
         FakeBlockDevice {
             block_size,
             durable: vec![0; len],
@@ -266,7 +272,7 @@ impl FakeBlockDevice {
     }
 
     fn check(&self, block: u64, len: usize) -> Result {
-        if len % self.block_size != 0 {
+        if !len.is_multiple_of(self.block_size) {
             return Err(Error::OutOfRange);
         }
         let blocks = (len / self.block_size) as u64;

@@ -22,11 +22,15 @@ impl Instant {
     }
     /// An instant `micros` microseconds after the origin (saturating).
     pub const fn from_micros(micros: u64) -> Self {
-        Instant { nanos: micros.saturating_mul(1_000) }
+        Instant {
+            nanos: micros.saturating_mul(1_000),
+        }
     }
     /// An instant `millis` milliseconds after the origin (saturating).
     pub const fn from_millis(millis: u64) -> Self {
-        Instant { nanos: millis.saturating_mul(1_000_000) }
+        Instant {
+            nanos: millis.saturating_mul(1_000_000),
+        }
     }
     /// Nanoseconds since the origin.
     pub const fn as_nanos(self) -> u64 {
@@ -47,7 +51,9 @@ impl Instant {
     /// `self + d`, saturating at [`Instant::MAX`].
     pub fn saturating_add(self, d: Duration) -> Instant {
         let add = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-        Instant { nanos: self.nanos.saturating_add(add) }
+        Instant {
+            nanos: self.nanos.saturating_add(add),
+        }
     }
 }
 
@@ -73,7 +79,12 @@ impl Sub<Instant> for Instant {
 
 impl fmt::Debug for Instant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{:06}s", self.nanos / 1_000_000_000, (self.nanos / 1_000) % 1_000_000)
+        write!(
+            f,
+            "{}.{:06}s",
+            self.nanos / 1_000_000_000,
+            (self.nanos / 1_000) % 1_000_000
+        )
     }
 }
 
@@ -100,6 +111,9 @@ mod tests {
         assert_eq!((t + Duration::from_millis(2)).as_millis(), 7);
         assert_eq!(Instant::from_millis(1) - t, Duration::ZERO);
         assert_eq!(Instant::MAX + Duration::from_secs(1), Instant::MAX);
-        assert_eq!(format!("{:?}", Instant::from_micros(1_500_000)), "1.500000s");
+        assert_eq!(
+            format!("{:?}", Instant::from_micros(1_500_000)),
+            "1.500000s"
+        );
     }
 }
