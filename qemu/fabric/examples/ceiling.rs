@@ -1,10 +1,11 @@
 //! Measures the fabric's own ceiling: the highest rate under 0.1 % loss from a source
 //! through two UDP hops to a sink, for several frame sizes. In the middle sits the
 //! loopback appliance (default), or with `--qemu` a real QEMU whose two `-netdev dgram`
-//! NICs are joined by its own hub (`-machine none`: QEMU's network I/O without a guest).
+//! NICs are joined by its own hub (`-machine none`: QEMU's network I/O without a guest);
+//! `--qemu-fd` hands QEMU sockets the fabric opened (4 MiB buffers) instead of ports.
 //!
 //! `cargo run --release -p duplex-fabric --example ceiling -- [SIZES...] [--trial-ms N]
-//! [--qemu] [--verbose]`
+//! [--max-p99-ms N] [--qemu | --qemu-fd] [--verbose]`
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,7 +17,7 @@ type Failure = Box<dyn std::error::Error>;
 
 /// What joins the two VM ports; stopped on drop.
 enum Middle {
-    Loopback(#[allow(dead_code)] LoopbackAppliance),
+    Loopback { _appliance: LoopbackAppliance },
     Qemu(Child),
 }
 
@@ -29,35 +30,81 @@ impl Drop for Middle {
     }
 }
 
-fn start_middle(qemu: bool, lan: &VmPort, wan: &VmPort) -> Result<Middle, Failure> {
-    if !qemu {
-        return Ok(Middle::Loopback(LoopbackAppliance::start(lan, wan)?));
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Loopback,
+    QemuPorts,
+    QemuDescriptors,
+}
+
+/// Adds the two VM ports and starts what joins them.
+fn start_middle(mode: Mode, fabric: &Fabric) -> Result<(VmPort, VmPort, Middle), Failure> {
+    let (lan_mac, wan_mac) = (
+        MacAddress([2, 0, 0, 0, 0xfe, 1]),
+        MacAddress([2, 0, 0, 0, 0xfe, 2]),
+    );
+    let (lan, wan, netdevs) = if mode == Mode::QemuDescriptors {
+        let (lan, lan_socket) = fabric.add_vm_port_with_socket("lan", lan_mac)?;
+        let (wan, wan_socket) = fabric.add_vm_port_with_socket("wan", wan_mac)?;
+        lan_socket.make_inheritable()?;
+        wan_socket.make_inheritable()?;
+        let netdevs = [lan_socket.netdev_arg("a"), wan_socket.netdev_arg("b")];
+        // The child inherits the descriptors at spawn; keep them open until then.
+        std::mem::forget((lan_socket, wan_socket));
+        (lan, wan, netdevs)
+    } else {
+        let lan = fabric.add_vm_port("lan", lan_mac)?;
+        let wan = fabric.add_vm_port("wan", wan_mac)?;
+        let netdevs = [lan.netdev_arg("a"), wan.netdev_arg("b")];
+        (lan, wan, netdevs)
+    };
+    if mode == Mode::Loopback {
+        let appliance = LoopbackAppliance::start(&lan, &wan)?;
+        return Ok((
+            lan,
+            wan,
+            Middle::Loopback {
+                _appliance: appliance,
+            },
+        ));
     }
     let child = Command::new("qemu-system-x86_64")
         .args(["-nodefaults", "-machine", "none", "-display", "none"])
-        .args(["-netdev", &lan.netdev_arg("a"), "-netdev", &wan.netdev_arg("b")])
+        .args(["-netdev", &netdevs[0], "-netdev", &netdevs[1]])
         .args(["-netdev", "hubport,id=ha,hubid=0,netdev=a"])
         .args(["-netdev", "hubport,id=hb,hubid=0,netdev=b"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    Ok(Middle::Qemu(child))
+    Ok((lan, wan, Middle::Qemu(child)))
 }
 
 fn main() -> Result<(), Failure> {
     let mut sizes = Vec::new();
     let mut trial = Duration::from_millis(1000);
-    let mut qemu = false;
+    let mut mode = Mode::Loopback;
     let mut verbose = false;
+    let mut max_p99 = None;
     let mut arguments = std::env::args().skip(1);
     while let Some(argument) = arguments.next() {
         match argument.as_str() {
             "--trial-ms" => {
-                let millis: u64 = arguments.next().ok_or("--trial-ms needs a value")?.parse()?;
+                let millis: u64 = arguments
+                    .next()
+                    .ok_or("--trial-ms needs a value")?
+                    .parse()?;
                 trial = Duration::from_millis(millis);
             }
-            "--qemu" => qemu = true,
+            "--max-p99-ms" => {
+                let millis: u64 = arguments
+                    .next()
+                    .ok_or("--max-p99-ms needs a value")?
+                    .parse()?;
+                max_p99 = Some(Duration::from_millis(millis));
+            }
+            "--qemu" => mode = Mode::QemuPorts,
+            "--qemu-fd" => mode = Mode::QemuDescriptors,
             "--verbose" => verbose = true,
             size => sizes.push(size.parse::<usize>()?),
         }
@@ -71,21 +118,24 @@ fn main() -> Result<(), Failure> {
     };
     println!(
         "middle: {}",
-        if qemu { "QEMU hub (-machine none)" } else { "loopback appliance" }
+        match mode {
+            Mode::Loopback => "loopback appliance",
+            Mode::QemuPorts => "QEMU hub (-machine none), sockets by port",
+            Mode::QemuDescriptors => "QEMU hub (-machine none), sockets by descriptor",
+        }
     );
     println!("size   frames/s    Mbit/s   latency median/p99 (us)   trials");
     for size in sizes {
         let fabric = Fabric::new()?;
         let source_port = fabric.add_internal_port("source", Discard)?;
-        let lan = fabric.add_vm_port("lan", MacAddress([2, 0, 0, 0, 0xfe, 1]))?;
-        let wan = fabric.add_vm_port("wan", MacAddress([2, 0, 0, 0, 0xfe, 2]))?;
+        let (lan, wan, _middle) = start_middle(mode, &fabric)?;
         let sink = Sink::new();
         let sink_port = fabric.add_internal_port("sink", sink.clone())?;
         fabric.wire(source_port, lan.id)?;
         fabric.wire(wan.id, sink_port)?;
-        let _middle = start_middle(qemu, &lan, &wan)?;
         let mut config = TrialConfig::new(CeilingPath::traffic(), size);
         config.duration = trial;
+        config.max_p99_latency = max_p99;
         let mut runner = TrialRunner::new(&fabric, source_port, &sink, config);
         // Wait until the middle relays (QEMU binds its sockets after it starts).
         let deadline = Instant::now() + Duration::from_secs(20);

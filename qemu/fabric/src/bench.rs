@@ -22,16 +22,16 @@ use crate::histogram::LatencySummary;
 use crate::sink::{LossStats, Sink};
 use crate::source::{Rate, Source, SourceConfig, TrafficSpec};
 use crate::udp_nic::LoopbackAppliance;
-use crate::{Error, MacAddress, Result};
+use crate::{Error, MacAddress, Result, clock};
 
 /// Something a trial measured: whether it passes the loss criterion.
 pub trait Measured {
     /// The loss of the trial.
     fn loss(&self) -> LossStats;
 
-    /// True when the trial really offered the rate it was asked for; a trial whose source
-    /// could not keep up does not pass whatever its loss.
-    fn offered_fully(&self) -> bool {
+    /// False when the trial is not valid whatever its loss: its source could not send the
+    /// rate asked for, or frames queued up beyond a latency bound.
+    fn acceptable(&self) -> bool {
         true
     }
 }
@@ -98,8 +98,7 @@ pub fn find_max_rate<T: Measured>(
     };
     let mut trial = |rate: f64, outcome: &mut SearchOutcome<T>| -> Result<bool> {
         let result = run(rate)?;
-        let passed =
-            result.offered_fully() && result.loss().loss_ratio() < search.loss_threshold;
+        let passed = result.acceptable() && result.loss().loss_ratio() < search.loss_threshold;
         outcome.trials.push((rate, passed));
         if passed && outcome.best.as_ref().is_none_or(|(best, _)| rate > *best) {
             outcome.best = Some((rate, result));
@@ -141,6 +140,11 @@ pub struct TrialConfig {
     pub drain_timeout: Duration,
     /// A trial whose source sent less than this fraction of the asked rate does not pass.
     pub min_offered_ratio: f64,
+    /// A trial whose 99th-percentile latency is above this does not pass. Large socket
+    /// buffers hide an overload in a short trial: a path slightly too slow queues frames
+    /// (milliseconds of latency) instead of dropping them, and delivers them during the
+    /// drain. `None`: loss alone decides (RFC 2544).
+    pub max_p99_latency: Option<Duration>,
     /// The source's [`SourceConfig::max_burst`].
     pub max_burst: u32,
     /// The source's [`SourceConfig::spin_below`].
@@ -161,6 +165,7 @@ impl TrialConfig {
             drain_quiet: Duration::from_millis(100),
             drain_timeout: Duration::from_secs(2),
             min_offered_ratio: 0.97,
+            max_p99_latency: None,
         }
     }
 }
@@ -180,6 +185,8 @@ pub struct TrialResult {
     pub latency: Option<LatencySummary>,
     /// Whether the source kept up (see [`TrialConfig::min_offered_ratio`]).
     pub source_kept_up: bool,
+    /// Whether the latency stayed within [`TrialConfig::max_p99_latency`].
+    pub latency_kept: bool,
 }
 
 impl TrialResult {
@@ -196,8 +203,8 @@ impl Measured for TrialResult {
         self.loss
     }
 
-    fn offered_fully(&self) -> bool {
-        self.source_kept_up
+    fn acceptable(&self) -> bool {
+        self.source_kept_up && self.latency_kept
     }
 }
 
@@ -248,13 +255,19 @@ impl<'a> TrialRunner<'a> {
             .wait_quiet(self.config.drain_quiet, self.config.drain_timeout);
         let report = self.sink.report();
         let achieved_fps = source.achieved_fps();
+        let latency = report.latency_of(traffic.flow_ids()).summary();
+        let latency_kept = match (self.config.max_p99_latency, latency) {
+            (Some(bound), Some(latency)) => latency.p99_ns <= clock::duration_ns(bound),
+            _ => true,
+        };
         Ok(TrialResult {
             frame_size: self.config.frame_size,
             offered_fps: rate_fps,
             achieved_fps,
             loss: report.loss_against(&source),
-            latency: report.latency_of(traffic.flow_ids()).summary(),
+            latency,
             source_kept_up: achieved_fps >= rate_fps * self.config.min_offered_ratio,
+            latency_kept,
         })
     }
 }
@@ -352,7 +365,10 @@ mod tests {
         let search = RateSearch::default();
         let outcome = find_max_rate(&search, loss_above(37_000.0)).unwrap();
         let (best, _) = outcome.best.unwrap();
-        assert!(best <= 37_000.0 && best >= 37_000.0 * (1.0 - search.resolution), "{best}");
+        assert!(
+            best <= 37_000.0 && best >= 37_000.0 * (1.0 - search.resolution),
+            "{best}"
+        );
         assert!(outcome.trials.len() <= search.max_trials as usize);
         assert_eq!(outcome.trials[0], (search.max_fps, false));
         assert_eq!(outcome.trials[1], (search.min_fps, true));

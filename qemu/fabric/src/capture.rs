@@ -39,7 +39,10 @@ impl Capture {
     }
 
     fn frames(&self) -> MutexGuard<'_, VecDeque<CapturedFrame>> {
-        self.queue.frames.lock().unwrap_or_else(PoisonError::into_inner)
+        self.queue
+            .frames
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The oldest frame, waiting up to `timeout` for one.

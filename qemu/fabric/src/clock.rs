@@ -20,7 +20,7 @@ fn epoch() -> &'static Epoch {
         monotonic: Instant::now(),
         wall_ns: SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| duration_ns(since)),
+            .map_or(0, duration_ns),
     })
 }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use crate::pcap::PcapWriter;
 use crate::rng::{SharedRng, mix};
+use crate::socket::VmSocket;
 use crate::{Error, MacAddress, Result, clock, socket};
 
 /// Shortest frame the fabric carries: an Ethernet header.
@@ -85,7 +86,9 @@ pub struct Delivery<'a> {
 /// What sits behind an internal port: it gets every frame the fabric sends to the port.
 ///
 /// `deliver` runs on the fabric's threads (a VM port's receive thread, the delay timer, a
-/// source's thread): keep it short and never block in it.
+/// source's thread): keep it short and never block in it. It may call
+/// [`Fabric::inject`]-like paths only if that cannot loop back to itself (the forwarding
+/// runs on the same stack).
 pub trait Endpoint: Send + Sync + 'static {
     /// Takes one frame.
     fn deliver(&self, delivery: &Delivery<'_>);
@@ -113,6 +116,11 @@ pub struct FabricConfig {
     pub seed: u64,
     /// `SO_RCVBUF`/`SO_SNDBUF` requested for every fabric socket (0: the system default).
     pub socket_buffer_bytes: usize,
+    /// The same for the QEMU-side sockets of [`Fabric::add_vm_port_with_socket`]. Large
+    /// buffers ride out QEMU main-loop hiccups without loss; but frames sent to a stopped
+    /// VM wait there, and a resumed VM reads all of them (up to twice this many bytes, as
+    /// Linux doubles the request).
+    pub vm_socket_buffer_bytes: usize,
     /// How often idle threads look at the stop flag; bounds the time [`Fabric`]'s drop takes
     /// when a wake-up is lost.
     pub poll_interval: Duration,
@@ -123,6 +131,7 @@ impl Default for FabricConfig {
         FabricConfig {
             seed: 1,
             socket_buffer_bytes: 4 << 20,
+            vm_socket_buffer_bytes: 4 << 20,
             poll_interval: Duration::from_millis(100),
         }
     }
@@ -345,7 +354,10 @@ impl Port {
             bump(&drops.filter);
             return false;
         }
-        if self.rng.chance_ppm(self.loss_ppm[direction].load(Ordering::Relaxed)) {
+        if self
+            .rng
+            .chance_ppm(self.loss_ppm[direction].load(Ordering::Relaxed))
+        {
             bump(&drops.loss);
             return false;
         }
@@ -357,13 +369,15 @@ impl Port {
         ether_types(frame).any(|ether_type| filters.contains(&ether_type))
     }
 
-    fn capture(&self, time_ns: u64, frame: &[u8]) {
+    fn capture(&self, frame: &[u8]) {
         if !self.capturing.load(Ordering::Relaxed) {
             return;
         }
         let mut pcap = lock(&self.pcap);
         if let Some(writer) = pcap.as_mut()
-            && writer.write_frame(clock::wall_ns(time_ns), frame).is_err()
+            && writer
+                .write_frame(clock::wall_ns(clock::now_ns()), frame)
+                .is_err()
         {
             *pcap = None;
             self.capturing.store(false, Ordering::Relaxed);
@@ -496,18 +510,11 @@ impl Shared {
     }
 
     /// A frame arrives at `port` from its device (or from the bypass relay).
-    fn receive(
-        &self,
-        topology: &Topology,
-        port: &Port,
-        frame: &[u8],
-        from_relay: bool,
-        hops: u8,
-    ) {
+    fn receive(&self, topology: &Topology, port: &Port, frame: &[u8], from_relay: bool, hops: u8) {
         let counters = &port.counters;
         bump(&counters.rx_frames);
         add(&counters.rx_bytes, frame.len());
-        port.capture(clock::now_ns(), frame);
+        port.capture(frame);
         if !from_relay && topology.bypass[port.id.index()].is_some() {
             bump(&counters.dropped_while_bypassed);
             return;
@@ -552,10 +559,9 @@ impl Shared {
 
     fn deliver(&self, topology: &Topology, port: &Port, origin: PortId, frame: &[u8], hops: u8) {
         let counters = &port.counters;
-        let now = clock::now_ns();
         bump(&counters.tx_frames);
         add(&counters.tx_bytes, frame.len());
-        port.capture(now, frame);
+        port.capture(frame);
         if let Some(peer) = topology.bypass[port.id.index()] {
             bump(&counters.bypassed);
             if hops >= MAX_BYPASS_HOPS {
@@ -578,7 +584,7 @@ impl Shared {
                 frame,
                 port: port.id,
                 origin,
-                time_ns: now,
+                time_ns: clock::now_ns(),
             }),
         }
     }
@@ -742,8 +748,7 @@ impl Fabric {
         }
         lock(&self.shared.reserved_vm_ports).insert(vm_port);
         let config = &self.shared.config;
-        let socket =
-            socket::bind_loopback(0, config.socket_buffer_bytes, config.poll_interval)?;
+        let socket = socket::bind_loopback(0, config.socket_buffer_bytes, config.poll_interval)?;
         let fabric_addr = socket.local_addr()?;
         let vm_addr = socket::loopback(vm_port);
         let kind = PortKind::Vm {
@@ -765,6 +770,23 @@ impl Fabric {
             fabric_addr,
             vm_addr,
         })
+    }
+
+    /// Like [`Fabric::add_vm_port`], but the fabric also opens QEMU's socket (bound on
+    /// 127.0.0.1 with [`FabricConfig::vm_socket_buffer_bytes`], connected to the fabric's
+    /// socket) and returns it, to be passed to QEMU by descriptor: no port race, and large
+    /// buffers on both sides. See [`VmSocket`].
+    pub fn add_vm_port_with_socket(
+        &self,
+        name: &str,
+        mac: MacAddress,
+    ) -> Result<(VmPort, VmSocket)> {
+        let config = &self.shared.config;
+        let vm_socket =
+            socket::bind_loopback(0, config.vm_socket_buffer_bytes, config.poll_interval)?;
+        let port = self.add_vm_port_at(name, mac, vm_socket.local_addr()?.port())?;
+        vm_socket.connect(port.fabric_addr)?;
+        Ok((port, VmSocket::new(vm_socket)))
     }
 
     fn reserve_vm_port(&self) -> Result<u16> {
@@ -984,8 +1006,7 @@ impl Fabric {
 
     /// The port's counters.
     pub fn counters(&self, port: PortId) -> Result<PortCounters> {
-        self.shared
-            .with_port(port, |port| port.counters.snapshot())
+        self.shared.with_port(port, |port| port.counters.snapshot())
     }
 
     /// The port's name.

@@ -242,7 +242,10 @@ mod tests {
             for (sequence, time) in [(0, 0), (1, 123_456_789), (u32::MAX, u64::MAX)] {
                 let frame = template.stamp(sequence, time).to_vec();
                 assert_eq!(frame.len(), size - FCS_LENGTH);
-                assert!(internet_checksum_ok(&frame[14..34]), "IPv4 checksum, size {size}");
+                assert!(
+                    internet_checksum_ok(&frame[14..34]),
+                    "IPv4 checksum, size {size}"
+                );
                 assert!(udp_checksum_ok(&frame), "UDP checksum, size {size}");
                 let header = parse(&frame).unwrap();
                 assert_eq!(header.flow, 7);

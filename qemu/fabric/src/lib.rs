@@ -12,16 +12,19 @@
 //! ```
 //!
 //! - [`Fabric`] owns the ports and their threads. A **VM port** is a UDP socket on
-//!   127.0.0.1 (one per VM NIC, one thread each doing blocking receives); an **internal
-//!   port** hands frames to an [`Endpoint`] (a [`Sink`], a [`Capture`], a closure) and takes
-//!   frames from [`Fabric::inject`] (a [`Source`]).
+//!   127.0.0.1 (one per VM NIC, one thread each doing blocking receives); QEMU reaches it
+//!   by port number ([`VmPort::netdev_arg`]) or through a socket the fabric opens for it
+//!   ([`VmSocket::netdev_arg`]). An **internal port** hands frames to an [`Endpoint`] (a
+//!   [`Sink`], a [`Capture`], [`Discard`], a closure) and takes frames from
+//!   [`Fabric::inject`] (a [`Source`]).
 //! - Ports join **segments**: [`Fabric::wire`] (two ports) and [`Fabric::hub`] (any number).
 //!   A frame entering a segment leaves on every other port of it, never on its own.
 //! - Per port, at run time: up/down, loss (seeded), delay (one timer thread, no sleep per
 //!   frame), EtherType filters (heartbeat-only partitions), counters, a pcap file.
 //! - [`Fabric::set_bypass`] shorts a box's two ports: the relay of a bypass card.
 //! - [`Source`] and [`Sink`] measure loss, duplicates, reordering, gaps, latency and
-//!   fail-over; [`bench`] holds the rate search and the fabric's own ceiling.
+//!   fail-over; [`mod@bench`] holds the rate search and the fabric's own ceiling.
+//! - [`UdpNic`] and [`LoopbackAppliance`] play VMs on the host, for tests and the ceiling.
 //!
 //! Frame formats, the port model and the pcap output are specified in `SPEC.md` next to
 //! this crate's `Cargo.toml`.
@@ -45,14 +48,14 @@ mod udp_nic;
 pub use capture::{Capture, CapturedFrame};
 pub use duplex_hal::MacAddress;
 pub use fabric::{
-    MAX_BYPASS_HOPS, MAX_FRAME_LENGTH, MIN_FRAME_LENGTH,
-    Delivery, Direction, Discard, DropCounters, Endpoint, Fabric, FabricConfig, PortCounters, PortId,
-    VmPort,
+    Delivery, Direction, Discard, DropCounters, Endpoint, Fabric, FabricConfig, MAX_BYPASS_HOPS,
+    MAX_FRAME_LENGTH, MIN_FRAME_LENGTH, PortCounters, PortId, VmPort,
 };
 pub use histogram::{Histogram, LatencySummary};
 pub use sink::{
     FlowReport, Gap, LossStats, OriginReport, Sink, SinkConfig, SinkReport, Transition,
 };
+pub use socket::VmSocket;
 pub use source::{Rate, Source, SourceConfig, SourceReport, TrafficSpec};
 pub use udp_nic::{LoopbackAppliance, UdpNic};
 

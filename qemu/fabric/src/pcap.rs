@@ -113,9 +113,7 @@ pub fn parse(bytes: &[u8]) -> Result<Vec<Record>, ParseError> {
     let mut offset = GLOBAL_HEADER_LENGTH;
     while offset < bytes.len() {
         let truncated = ParseError::TruncatedRecord(offset);
-        let data_start = offset
-            .checked_add(RECORD_HEADER_LENGTH)
-            .ok_or(truncated)?;
+        let data_start = offset.checked_add(RECORD_HEADER_LENGTH).ok_or(truncated)?;
         let record_header = bytes.get(offset..data_start).ok_or(truncated)?;
         let captured_length = read_u32(record_header, 8) as usize;
         let data_end = data_start.checked_add(captured_length).ok_or(truncated)?;
@@ -144,10 +142,17 @@ mod tests {
     #[test]
     fn write_then_parse_round_trips() {
         let mut writer = PcapWriter::new(Vec::new()).unwrap();
-        writer.write_frame(1_700_000_000_123_456_789, &[1; 60]).unwrap();
-        writer.write_frame(1_700_000_001_000_000_000, &[2; 1514]).unwrap();
+        writer
+            .write_frame(1_700_000_000_123_456_789, &[1; 60])
+            .unwrap();
+        writer
+            .write_frame(1_700_000_001_000_000_000, &[2; 1514])
+            .unwrap();
         let bytes = writer.output;
-        assert_eq!(bytes.len(), GLOBAL_HEADER_LENGTH + 2 * RECORD_HEADER_LENGTH + 60 + 1514);
+        assert_eq!(
+            bytes.len(),
+            GLOBAL_HEADER_LENGTH + 2 * RECORD_HEADER_LENGTH + 60 + 1514
+        );
         let records = parse(&bytes).unwrap();
         assert_eq!(records.len(), 2);
         assert_eq!(records[0].seconds, 1_700_000_000);

@@ -278,10 +278,18 @@ struct FlowState {
 }
 
 /// Updates a report's times and longest gap for a frame received at `time_ns`.
-fn note_arrival(report: &mut FlowReport, last_origin: Option<PortId>, time_ns: u64, origin: PortId) {
+fn note_arrival(
+    report: &mut FlowReport,
+    last_origin: Option<PortId>,
+    time_ns: u64,
+    origin: PortId,
+) {
     if let (Some(last_ns), Some(last_origin)) = (report.last_ns, last_origin) {
         let gap = time_ns.saturating_sub(last_ns);
-        if report.longest_gap.is_none_or(|longest| gap > longest.duration_ns()) {
+        if report
+            .longest_gap
+            .is_none_or(|longest| gap > longest.duration_ns())
+        {
             report.longest_gap = Some(Gap {
                 last_before_ns: last_ns,
                 first_after_ns: time_ns.max(last_ns),
@@ -345,7 +353,10 @@ impl Sink {
     }
 
     fn state(&self) -> MutexGuard<'_, SinkState> {
-        self.inner.state.lock().unwrap_or_else(PoisonError::into_inner)
+        self.inner
+            .state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Counts one frame received at `time_ns` that entered the fabric at `origin`.
@@ -418,7 +429,10 @@ impl Sink {
         let mut total = state.total.clone();
         let mut highest_sum = 0u64;
         for flow in state.flows.values() {
-            highest_sum += flow.report.highest_sequence.map_or(0, |highest| highest + 1);
+            highest_sum += flow
+                .report
+                .highest_sequence
+                .map_or(0, |highest| highest + 1);
         }
         total.highest_sequence = highest_sum.checked_sub(1);
         SinkReport {
@@ -511,8 +525,8 @@ impl Endpoint for Sink {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::frame::{FlowAddresses, FrameTemplate};
     use crate::MacAddress;
+    use crate::frame::{FlowAddresses, FrameTemplate};
     use std::net::Ipv4Addr;
 
     const A: PortId = PortId::new_for_tests(1);
@@ -659,7 +673,11 @@ mod tests {
             sequence_window: 64,
             max_transitions: 1,
         });
-        feed(&sink, 0, &[(0, 1, A), (100, 2, B), (1, 3, A), (100, 4, B), (50, 5, B)]);
+        feed(
+            &sink,
+            0,
+            &[(0, 1, A), (100, 2, B), (1, 3, A), (100, 4, B), (50, 5, B)],
+        );
         let flow = sink.report().flows[&0].clone();
         assert_eq!(flow.late, 1);
         assert_eq!(flow.reordered, 2);

@@ -9,6 +9,67 @@ use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
 use std::time::Duration;
 
+/// The QEMU side of a VM port, opened by the fabric: bound on 127.0.0.1 with large buffers
+/// and connected to the fabric's socket. Handing it to QEMU by file descriptor avoids both
+/// the race of picking a free port and QEMU's small default receive buffer (208 KiB: about
+/// 90 full-size frames, which a QEMU main-loop hiccup overflows at 20,000 frames/s).
+///
+/// Use: [`VmSocket::make_inheritable`] just before spawning QEMU with
+/// [`VmSocket::netdev_arg`], then drop the `VmSocket` (QEMU keeps its copy), so that the
+/// socket closes when QEMU exits. A child that another thread spawns in between inherits
+/// the descriptor too: harmless (it never reads it), but it keeps the socket open until
+/// that child exits.
+#[derive(Debug)]
+pub struct VmSocket {
+    socket: UdpSocket,
+}
+
+impl VmSocket {
+    pub(crate) fn new(socket: UdpSocket) -> VmSocket {
+        VmSocket { socket }
+    }
+
+    /// The socket, for a host-side stand-in of the VM (tests).
+    pub fn into_socket(self) -> UdpSocket {
+        self.socket
+    }
+
+    /// The descriptor number QEMU will see (the same in a child process).
+    #[cfg(unix)]
+    pub fn raw_fd(&self) -> i32 {
+        use std::os::fd::AsRawFd;
+        self.socket.as_raw_fd()
+    }
+
+    /// `dgram,id=ID,local.type=fd,local.str=FD` for QEMU's `-netdev` (QEMU 7.2 and later).
+    #[cfg(unix)]
+    pub fn netdev_arg(&self, netdev_id: &str) -> String {
+        format!(
+            "dgram,id={netdev_id},local.type=fd,local.str={}",
+            self.raw_fd()
+        )
+    }
+
+    /// Lets child processes started from now on inherit the descriptor (clears
+    /// `FD_CLOEXEC`; std opens every descriptor with it set).
+    #[cfg(unix)]
+    pub fn make_inheritable(&self) -> io::Result<()> {
+        let descriptor = self.raw_fd();
+        // SAFETY: `descriptor` belongs to `self.socket`, open for the whole call; F_GETFD
+        // takes no argument and only reads the descriptor's flags.
+        let flags = unsafe { libc::fcntl(descriptor, libc::F_GETFD) };
+        if flags < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: as above; F_SETFD takes one `int` argument, the new flags, and changes
+        // only whether the descriptor survives exec.
+        if unsafe { libc::fcntl(descriptor, libc::F_SETFD, flags & !libc::FD_CLOEXEC) } < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+}
+
 /// Binds a UDP socket on 127.0.0.1 (`port` 0: any free port) with large buffers and a
 /// read timeout, so that receiving threads notice a stop request.
 pub(crate) fn bind_loopback(
@@ -27,40 +88,26 @@ pub(crate) fn loopback(port: u16) -> SocketAddr {
     SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
 }
 
-#[cfg(target_os = "linux")]
+#[cfg(unix)]
 fn set_buffer_sizes(socket: &UdpSocket, bytes: usize) -> io::Result<()> {
     use std::os::fd::AsRawFd;
-
-    const SOL_SOCKET: i32 = 1;
-    const SO_SNDBUF: i32 = 7;
-    const SO_RCVBUF: i32 = 8;
-
-    unsafe extern "C" {
-        fn setsockopt(
-            socket: i32,
-            level: i32,
-            name: i32,
-            value: *const core::ffi::c_void,
-            length: u32,
-        ) -> i32;
-    }
 
     if bytes == 0 {
         return Ok(());
     }
-    let value = i32::try_from(bytes).unwrap_or(i32::MAX);
-    for option in [SO_RCVBUF, SO_SNDBUF] {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    for option in [libc::SO_RCVBUF, libc::SO_SNDBUF] {
         // SAFETY:
         // 1. The descriptor belongs to `socket`, which outlives this call.
         // 2. `value` is an `int` living on the stack during the call, and the length passed
         //    is its size, as setsockopt(2) expects for SO_RCVBUF and SO_SNDBUF.
         let result = unsafe {
-            setsockopt(
+            libc::setsockopt(
                 socket.as_raw_fd(),
-                SOL_SOCKET,
+                libc::SOL_SOCKET,
                 option,
                 (&raw const value).cast(),
-                size_of::<i32>() as u32,
+                size_of::<libc::c_int>() as libc::socklen_t,
             )
         };
         if result != 0 {
@@ -70,7 +117,7 @@ fn set_buffer_sizes(socket: &UdpSocket, bytes: usize) -> io::Result<()> {
     Ok(())
 }
 
-#[cfg(not(target_os = "linux"))]
+#[cfg(not(unix))]
 fn set_buffer_sizes(_socket: &UdpSocket, _bytes: usize) -> io::Result<()> {
     Ok(())
 }

@@ -241,7 +241,9 @@ impl Source {
     /// [`Error::InvalidArgument`] for a source with neither (it would never end).
     pub fn wait(mut self) -> Result<SourceReport> {
         if !self.bounded {
-            return Err(Error::InvalidArgument("wait on a source without count or duration"));
+            return Err(Error::InvalidArgument(
+                "wait on a source without count or duration",
+            ));
         }
         self.join()
     }
@@ -254,9 +256,10 @@ impl Source {
 
     fn join(&mut self) -> Result<SourceReport> {
         let thread = self.thread.take().ok_or(Error::Stopped)?;
+        // A panic in the source thread is a bug: pass it on.
         thread
             .join()
-            .unwrap_or_else(|_| Err(Error::InvalidArgument("source thread panicked")))
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     }
 }
 

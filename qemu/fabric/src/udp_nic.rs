@@ -9,6 +9,7 @@ use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
 use crate::fabric::{MAX_FRAME_LENGTH, MIN_FRAME_LENGTH, VmPort};
+use crate::socket::VmSocket;
 use crate::{Error, Result, socket};
 
 /// Receive timeout of the loopback appliance's threads: how long a stop may take.
@@ -34,6 +35,17 @@ impl UdpNic {
         })
     }
 
+    /// A NIC on the VM side socket the fabric opened
+    /// ([`crate::Fabric::add_vm_port_with_socket`]).
+    pub fn from_vm_socket(socket: VmSocket, port: &VmPort) -> Result<UdpNic> {
+        let socket = socket.into_socket();
+        socket.set_read_timeout(Some(POLL_INTERVAL))?;
+        Ok(UdpNic {
+            socket,
+            fabric_addr: port.fabric_addr,
+        })
+    }
+
     /// Sends one frame to the fabric (14 to 65,507 bytes: never an empty datagram).
     pub fn send(&self, frame: &[u8]) -> Result {
         if !(MIN_FRAME_LENGTH..=MAX_FRAME_LENGTH).contains(&frame.len()) {
@@ -46,7 +58,8 @@ impl UdpNic {
     /// Receives one frame into `buffer`, waiting up to `timeout` (not zero); `None` when
     /// none came.
     pub fn recv(&self, buffer: &mut [u8], timeout: Duration) -> Result<Option<usize>> {
-        self.socket.set_read_timeout(Some(timeout.max(Duration::from_micros(1))))?;
+        self.socket
+            .set_read_timeout(Some(timeout.max(Duration::from_micros(1))))?;
         match self.socket.recv_from(buffer) {
             Ok((length, _)) => Ok(Some(length)),
             Err(error)
@@ -123,7 +136,8 @@ fn pass_across(from: &UdpNic, to: &UdpNic, stop: &AtomicBool, counter: &AtomicU6
             Ok((length, _)) => length,
             Err(_) => continue,
         };
-        if length >= MIN_FRAME_LENGTH && to.socket.send_to(&buffer[..length], to.fabric_addr).is_ok()
+        if length >= MIN_FRAME_LENGTH
+            && to.socket.send_to(&buffer[..length], to.fabric_addr).is_ok()
         {
             counter.fetch_add(1, Ordering::Relaxed);
         }

@@ -23,11 +23,11 @@ impl Drop for Qemu {
     }
 }
 
-/// Starts QEMU relaying between the VM sides of `a` and `b`; `None` without QEMU.
-fn qemu_hub(a: &VmPort, b: &VmPort) -> Option<Qemu> {
+/// Starts QEMU relaying between two `-netdev` values; `None` without QEMU.
+fn qemu_hub(netdev_a: &str, netdev_b: &str) -> Option<Qemu> {
     let child = Command::new("qemu-system-x86_64")
         .args(["-nodefaults", "-machine", "none", "-display", "none"])
-        .args(["-netdev", &a.netdev_arg("a"), "-netdev", &b.netdev_arg("b")])
+        .args(["-netdev", netdev_a, "-netdev", netdev_b])
         .args(["-netdev", "hubport,id=ha,hubid=0,netdev=a"])
         .args(["-netdev", "hubport,id=hb,hubid=0,netdev=b"])
         .stdin(Stdio::null())
@@ -51,19 +51,45 @@ fn frame(tag: u8) -> Vec<u8> {
 }
 
 #[test]
-fn frames_cross_a_real_qemu_both_ways() {
+fn frames_cross_a_real_qemu_by_port_numbers() {
     let fabric = Fabric::new().unwrap();
-    let a = fabric.add_vm_port("qemu.a", MacAddress([2, 0, 0, 0, 1, 1])).unwrap();
-    let b = fabric.add_vm_port("qemu.b", MacAddress([2, 0, 0, 0, 1, 2])).unwrap();
+    let a = fabric
+        .add_vm_port("qemu.a", MacAddress([2, 0, 0, 0, 1, 1]))
+        .unwrap();
+    let b = fabric
+        .add_vm_port("qemu.b", MacAddress([2, 0, 0, 0, 1, 2]))
+        .unwrap();
+    let Some(qemu) = qemu_hub(&a.netdev_arg("a"), &b.netdev_arg("b")) else {
+        return;
+    };
+    check_relay(&fabric, &a, &b, qemu);
+}
+
+#[test]
+fn frames_cross_a_real_qemu_by_descriptors() {
+    let fabric = Fabric::new().unwrap();
+    let mac = MacAddress([2, 0, 0, 0, 2, 1]);
+    let (a, socket_a) = fabric.add_vm_port_with_socket("qemu.a", mac).unwrap();
+    let mac = MacAddress([2, 0, 0, 0, 2, 2]);
+    let (b, socket_b) = fabric.add_vm_port_with_socket("qemu.b", mac).unwrap();
+    socket_a.make_inheritable().unwrap();
+    socket_b.make_inheritable().unwrap();
+    let qemu = qemu_hub(&socket_a.netdev_arg("a"), &socket_b.netdev_arg("b"));
+    drop((socket_a, socket_b));
+    let Some(qemu) = qemu else {
+        return;
+    };
+    check_relay(&fabric, &a, &b, qemu);
+}
+
+/// Sends frames through QEMU both ways and checks that all arrive from the VM's address.
+fn check_relay(fabric: &Fabric, a: &VmPort, b: &VmPort, _qemu: Qemu) {
     let left = Capture::new();
     let left_port = fabric.add_internal_port("left", left.clone()).unwrap();
     let sink = Sink::new();
     let sink_port = fabric.add_internal_port("sink", sink.clone()).unwrap();
     fabric.wire(left_port, a.id).unwrap();
     fabric.wire(b.id, sink_port).unwrap();
-    let Some(_qemu) = qemu_hub(&a, &b) else {
-        return;
-    };
 
     // QEMU binds its sockets some time after it starts: probe until a frame gets through.
     let deadline = Instant::now() + PATIENCE;
@@ -90,7 +116,7 @@ fn frames_cross_a_real_qemu_both_ways() {
     };
     let mut config = SourceConfig::new(traffic, Rate::FramesPerSecond(2_000.0), 1518);
     config.count = Some(200);
-    let report = Source::start(&fabric, source_port, config)
+    let report = Source::start(fabric, source_port, config)
         .unwrap()
         .wait()
         .unwrap();
