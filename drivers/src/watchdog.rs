@@ -216,7 +216,7 @@ const ESB_MAX_PRELOAD: u64 = 0xf_ffff;
 
 /// The Intel 6300ESB watchdog.
 pub struct I6300Esb {
-    config: &'static dyn ConfigSpace,
+    config: &'static (dyn ConfigSpace + Sync),
     address: PciAddress,
     base: usize,
     fired_before: bool,
@@ -231,7 +231,7 @@ impl I6300Esb {
     /// `function` must be an i6300ESB watchdog with its BAR0 assigned and identity-mapped;
     /// only one `I6300Esb` may exist for it.
     pub unsafe fn new(
-        config: &'static dyn ConfigSpace,
+        config: &'static (dyn ConfigSpace + Sync),
         function: &PciFunction,
     ) -> Result<I6300Esb> {
         if (function.vendor, function.device) != I6300ESB_ID {

@@ -10,7 +10,10 @@
 extern crate alloc;
 
 mod console;
+mod dataplane;
+mod net;
 mod shell;
+mod watchdog;
 
 use alloc::string::String;
 use alloc::vec::Vec;
@@ -47,6 +50,10 @@ pub struct System {
     pub timer: TimerInfo,
     /// PCI functions found at boot.
     pub pci: Vec<PciFunction>,
+    /// The forwarding plane.
+    pub dataplane: dataplane::Dataplane,
+    /// The hardware watchdog.
+    pub watchdog: watchdog::WatchdogInfo,
 }
 
 #[unsafe(no_mangle)]
@@ -54,8 +61,22 @@ fn kernel_main(boot: &'static BootInfo) -> ! {
     console::init();
     duplex_arch::hooks::set_report(console::report);
     println!();
-    println!("{} {} ({}) booting via {:?}", markers::BANNER, VERSION, COMMIT, boot.protocol);
-    println!("cmdline: '{}'{}", boot.cmdline(), if boot.cmdline_truncated { " (truncated)" } else { "" });
+    println!(
+        "{} {} ({}) booting via {:?}",
+        markers::BANNER,
+        VERSION,
+        COMMIT,
+        boot.protocol
+    );
+    println!(
+        "cmdline: '{}'{}",
+        boot.cmdline(),
+        if boot.cmdline_truncated {
+            " (truncated)"
+        } else {
+            ""
+        }
+    );
 
     let (options, option_errors) = options::parse(boot.cmdline());
     for error in &option_errors {
@@ -97,8 +118,35 @@ fn kernel_main(boot: &'static BootInfo) -> ! {
         println!("  {function}");
     }
 
-    let mut system = System { boot, options, option_errors, timer, pci };
-    println!("{} node={} uptime_ms={}", markers::READY, system.options.node, timer::now().as_millis());
+    let ports = net::probe(&PCI_CONFIG, &pci);
+    let now = timer::now();
+    let management = match (options.ip, ports.first()) {
+        (Some(cidr), Some(lan)) => Some(net::Management::new(lan.nic.mac_address(), cidr, now)),
+        (Some(_), None) => {
+            println!("{}net: ip= given but no NIC to put it on", markers::ERROR);
+            None
+        }
+        _ => None,
+    };
+    let dataplane = dataplane::Dataplane::new(ports, management, now.as_nanos() ^ timer.tsc_hz);
+    let watchdog = watchdog::init(&PCI_CONFIG, &pci, options.watchdog, options.watchdog_ms);
+    duplex_arch::hooks::set_tick(on_tick);
+
+    let mut system = System {
+        boot,
+        options,
+        option_errors,
+        timer,
+        pci,
+        dataplane,
+        watchdog,
+    };
+    println!(
+        "{} node={} uptime_ms={}",
+        markers::READY,
+        system.options.node,
+        timer::now().as_millis()
+    );
     main_loop(&mut system)
 }
 
@@ -115,17 +163,41 @@ fn run_selftest(selftest: SelfTest) {
         SelfTest::DivideError => {
             println!("selftest: dividing by zero");
             // SAFETY: deliberately raises #DE; the exception handler ends the machine.
-            unsafe { core::arch::asm!("xor edx, edx", "xor eax, eax", "xor ecx, ecx", "div ecx", out("eax") _, out("edx") _, out("ecx") _) };
+            unsafe {
+                core::arch::asm!("xor edx, edx", "xor eax, eax", "xor ecx, ecx", "div ecx", out("eax") _, out("edx") _, out("ecx") _)
+            };
         }
         SelfTest::Panic => panic!("selftest panic requested on the command line"),
     }
 }
 
+/// The timer interrupt's work, 1000 times a second.
+fn on_tick(_ticks: u64) {
+    watchdog::kick_from_interrupt();
+}
+
+/// How long the loop keeps polling after the last frame before it sleeps until the next
+/// tick: traffic gets polled without a 1 ms wake-up delay, an idle box sleeps.
+const BUSY_POLL: core::time::Duration = core::time::Duration::from_millis(2);
+/// How often link states are read.
+const LINK_CHECK: core::time::Duration = core::time::Duration::from_millis(10);
+
 fn main_loop(system: &mut System) -> ! {
     let mut editor = LineEditor::new();
     let mut out = String::new();
+    let mut last_work = timer::now();
+    let mut next_link_check = last_work;
     console::write_bytes(markers::PROMPT.as_bytes());
     loop {
+        let now = timer::now();
+        if system.dataplane.poll(now) > 0 {
+            last_work = now;
+        }
+        if now >= next_link_check {
+            net::watch_links(&mut system.dataplane.ports);
+            system.dataplane.bridge.poll(now);
+            next_link_check = now + LINK_CHECK;
+        }
         while let Some(byte) = console::read_byte() {
             match editor.feed(byte, &mut |echo| console::write_bytes(echo)) {
                 Event::None => {}
@@ -138,8 +210,10 @@ fn main_loop(system: &mut System) -> ! {
                 }
             }
         }
-        // Sleep until the next interrupt (the 1 kHz tick at the latest).
-        x86_64::instructions::interrupts::enable_and_hlt();
+        if now.saturating_since(last_work) >= BUSY_POLL {
+            // Sleep until the next interrupt (the 1 kHz tick at the latest).
+            x86_64::instructions::interrupts::enable_and_hlt();
+        }
     }
 }
 
@@ -149,7 +223,13 @@ fn panic(info: &PanicInfo) -> ! {
     let mut out = duplex_arch::hooks::ReportWriter;
     let _ = write!(out, "\r\n{}: {}", markers::PANIC, info.message());
     if let Some(location) = info.location() {
-        let _ = write!(out, " at {}:{}:{}", location.file(), location.line(), location.column());
+        let _ = write!(
+            out,
+            " at {}:{}:{}",
+            location.file(),
+            location.line(),
+            location.column()
+        );
     }
     let _ = write!(out, " ***\r\n");
     machine::exit(ExitCode::Failure)

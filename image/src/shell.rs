@@ -45,7 +45,13 @@ pub fn execute(system: &mut System, line: &str, out: &mut String) {
             }
         }
         Command::Version => {
-            line!(out, "{} {} (commit {})", markers::BANNER, crate::VERSION, crate::COMMIT);
+            line!(
+                out,
+                "{} {} (commit {})",
+                markers::BANNER,
+                crate::VERSION,
+                crate::COMMIT
+            );
         }
         Command::Uptime => {
             let ms = uptime_ms();
@@ -68,7 +74,11 @@ pub fn execute(system: &mut System, line: &str, out: &mut String) {
             line!(out, "tick_source: {:?}", system.timer.source);
             line!(out, "tsc_hz: {}", system.timer.tsc_hz);
             line!(out, "heap_used: {heap_used} of {heap_size}");
-            line!(out, "spurious_interrupts: {}", duplex_arch::cpu::spurious_interrupts());
+            line!(
+                out,
+                "spurious_interrupts: {}",
+                duplex_arch::cpu::spurious_interrupts()
+            );
         }
         Command::ShowStatus { json } => {
             if json {
@@ -85,11 +95,73 @@ pub fn execute(system: &mut System, line: &str, out: &mut String) {
                 line!(out, "node:    {}", system.options.node);
                 line!(out, "state:   {}", state_name(system));
                 line!(out, "uptime:  {} ms", uptime_ms());
-                line!(out, "boot:    {:?}, cmdline '{}'", system.boot.protocol, system.boot.cmdline());
+                line!(
+                    out,
+                    "boot:    {:?}, cmdline '{}'",
+                    system.boot.protocol,
+                    system.boot.cmdline()
+                );
                 for error in &system.option_errors {
                     line!(out, "warning: {error}");
                 }
             }
+        }
+        Command::ShowInterfaces => {
+            if system.dataplane.ports.is_empty() {
+                line!(out, "no network ports (no supported NIC found)");
+            }
+            system.dataplane.describe(out);
+        }
+        Command::ShowBridge => {
+            let now = timer::now();
+            let bridge = &mut system.dataplane.bridge;
+            bridge.poll(now);
+            let mut entries: alloc::vec::Vec<_> = bridge.table().collect();
+            entries.sort_by_key(|e| (e.port.0, e.mac));
+            line!(
+                out,
+                "{:<18} {:>5} {:<5} {:>9}",
+                "MAC",
+                "VLAN",
+                "PORT",
+                "AGE (s)"
+            );
+            for e in entries {
+                let port = system
+                    .dataplane
+                    .ports
+                    .get(usize::from(e.port.0))
+                    .map_or("?", |p| p.name);
+                line!(
+                    out,
+                    "{:<18} {:>5} {:<5} {:>9}",
+                    e.mac,
+                    e.vlan,
+                    port,
+                    e.age(now).as_secs()
+                );
+            }
+        }
+        Command::ShowWatchdog => {
+            let w = &system.watchdog;
+            line!(out, "device:  {}", w.name);
+            match w.timeout {
+                Some(t) => line!(
+                    out,
+                    "timeout: {} ms (armed; kicked by the timer interrupt)",
+                    t.as_millis()
+                ),
+                None => line!(out, "timeout: - (not armed)"),
+            }
+            line!(
+                out,
+                "last reset caused by the watchdog: {}",
+                if w.last_reset_was_watchdog {
+                    "yes"
+                } else {
+                    "no"
+                }
+            );
         }
         Command::Reboot => {
             line!(out, "rebooting");

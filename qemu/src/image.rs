@@ -32,12 +32,28 @@ pub fn build() -> Result<PathBuf> {
     let mut command = Command::new(cargo_binary());
     command
         .current_dir(&root)
-        .args(["build", "--release", "--quiet", "-p", "duplex-image", "--target", TARGET])
+        .args([
+            "build",
+            "--release",
+            "--quiet",
+            "-p",
+            "duplex-image",
+            "--target",
+            TARGET,
+        ])
         .env_clear()
         .env("CARGO_TARGET_DIR", target_dir());
     // A clean environment: the outer cargo's variables (RUSTFLAGS for the host,
     // CARGO_* of the running test) must not leak into the image build.
-    for key in ["PATH", "HOME", "RUSTUP_HOME", "CARGO_HOME", "RUSTUP_TOOLCHAIN", "TERM", "TMPDIR"] {
+    for key in [
+        "PATH",
+        "HOME",
+        "RUSTUP_HOME",
+        "CARGO_HOME",
+        "RUSTUP_TOOLCHAIN",
+        "TERM",
+        "TMPDIR",
+    ] {
         if let Some(value) = std::env::var_os(key) {
             command.env(key, value);
         }
@@ -53,9 +69,15 @@ pub fn build() -> Result<PathBuf> {
             String::from_utf8_lossy(&output.stderr)
         ));
     }
-    let path = target_dir().join(TARGET).join("release").join("duplex-image");
+    let path = target_dir()
+        .join(TARGET)
+        .join("release")
+        .join("duplex-image");
     if !path.exists() {
-        return Err(lab_error!("image build succeeded but {} is missing", path.display()));
+        return Err(lab_error!(
+            "image build succeeded but {} is missing",
+            path.display()
+        ));
     }
     *built = Some(path.clone());
     Ok(path)
@@ -63,7 +85,9 @@ pub fn build() -> Result<PathBuf> {
 
 fn cargo_binary() -> PathBuf {
     // Inside `cargo run`/`cargo test`, CARGO names the cargo that started us.
-    std::env::var_os("CARGO").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("cargo"))
+    std::env::var_os("CARGO")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("cargo"))
 }
 
 /// Sizes of an image.
@@ -83,7 +107,10 @@ pub fn sizes(path: &std::path::Path) -> Result<ImageSizes> {
         return Err(bad());
     }
     let u16_at = |o: usize| data.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
-    let u64_at = |o: usize| data.get(o..o + 8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])));
+    let u64_at = |o: usize| {
+        data.get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+    };
     let phoff = u64_at(32).ok_or_else(bad)? as usize;
     let phentsize = u16_at(54).ok_or_else(bad)? as usize;
     let phnum = u16_at(56).ok_or_else(bad)? as usize;
@@ -95,7 +122,10 @@ pub fn sizes(path: &std::path::Path) -> Result<ImageSizes> {
             loaded += u64_at(header + 32).ok_or_else(bad)?;
         }
     }
-    Ok(ImageSizes { loaded, file: data.len() as u64 })
+    Ok(ImageSizes {
+        loaded,
+        file: data.len() as u64,
+    })
 }
 
 /// Builds a bootable hybrid ISO (BIOS CD, BIOS USB stick and UEFI) with GRUB that loads
@@ -131,7 +161,10 @@ pub fn grub_iso(kernel: &std::path::Path, cmdline: &str, out: &std::path::Path) 
         })?;
     let _ = std::fs::remove_dir_all(&tree);
     if !output.status.success() {
-        return Err(lab_error!("grub-mkrescue failed:\n{}", String::from_utf8_lossy(&output.stderr)));
+        return Err(lab_error!(
+            "grub-mkrescue failed:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        ));
     }
     Ok(())
 }

@@ -7,9 +7,12 @@
 //!   console, waits for console markers with deadlines, killed on drop.
 //! - [`qmp`]: the QEMU Machine Protocol client (commands and events).
 //! - [`stats`]: medians and percentiles for the benchmarks.
+//! - [`appliance`]: an appliance VM with its NICs plugged into the fabric
+//!   (`duplex-fabric`: wires, hubs, bypass relays, traffic source and sink).
 //!
 //! The `duplex-lab` binary (`cargo lab ...`) is a thin command line over these.
 
+pub mod appliance;
 pub mod image;
 pub mod qmp;
 pub mod stats;
@@ -28,6 +31,12 @@ impl fmt::Display for Error {
 }
 
 impl std::error::Error for Error {}
+
+impl From<duplex_fabric::Error> for Error {
+    fn from(e: duplex_fabric::Error) -> Self {
+        Error(format!("fabric: {e}"))
+    }
+}
 
 impl From<std::io::Error> for Error {
     fn from(e: std::io::Error) -> Self {

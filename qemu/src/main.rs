@@ -39,7 +39,9 @@ impl Args {
     }
 
     fn value(&mut self, name: &str) -> Result<Option<String>> {
-        let Some(i) = self.words.iter().position(|w| w == name) else { return Ok(None) };
+        let Some(i) = self.words.iter().position(|w| w == name) else {
+            return Ok(None);
+        };
         if i + 1 >= self.words.len() {
             return Err(lab_error!("{name} needs a value"));
         }
@@ -51,14 +53,17 @@ impl Args {
     fn number<T: std::str::FromStr>(&mut self, name: &str, default: T) -> Result<T> {
         match self.value(name)? {
             None => Ok(default),
-            Some(v) => v.parse().map_err(|_| lab_error!("{name}: '{v}' is not a valid number")),
+            Some(v) => v
+                .parse()
+                .map_err(|_| lab_error!("{name}: '{v}' is not a valid number")),
         }
     }
 
     fn firmware(&mut self) -> Result<Firmware> {
         match self.value("--firmware")? {
             None => Ok(Firmware::default()),
-            Some(v) => Firmware::parse(&v).ok_or_else(|| lab_error!("--firmware: '{v}' is not qboot or seabios")),
+            Some(v) => Firmware::parse(&v)
+                .ok_or_else(|| lab_error!("--firmware: '{v}' is not qboot or seabios")),
         }
     }
 
@@ -87,7 +92,9 @@ fn main() -> ExitCode {
             print!("{USAGE}");
             Ok(())
         }
-        other => Err(lab_error!("unknown command '{other}' (see `cargo lab help`)")),
+        other => Err(lab_error!(
+            "unknown command '{other}' (see `cargo lab help`)"
+        )),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -102,17 +109,28 @@ fn cmd_build(args: Args) -> Result {
     args.finish()?;
     let path = image::build()?;
     let sizes = image::sizes(&path)?;
-    println!("{} ({} bytes loaded, {} bytes on disk)", path.display(), sizes.loaded, sizes.file);
+    println!(
+        "{} ({} bytes loaded, {} bytes on disk)",
+        path.display(),
+        sizes.loaded,
+        sizes.file
+    );
     Ok(())
 }
 
 fn cmd_iso(mut args: Args) -> Result {
     let cmdline = args.value("--cmdline")?.unwrap_or_default();
-    let out = args.value("--out")?.map(std::path::PathBuf::from).unwrap_or_else(|| image::target_dir().join("duplex.iso"));
+    let out = args
+        .value("--out")?
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| image::target_dir().join("duplex.iso"));
     args.finish()?;
     let kernel = image::build()?;
     image::grub_iso(&kernel, &cmdline, &out)?;
-    println!("{} (write it to a USB stick with dd, or boot it with -cdrom)", out.display());
+    println!(
+        "{} (write it to a USB stick with dd, or boot it with -cdrom)",
+        out.display()
+    );
     Ok(())
 }
 
@@ -134,7 +152,11 @@ fn cmd_boot(mut args: Args) -> Result {
     eprintln!("[lab] QEMU started; console attached. Ctrl-C ends the session.");
 
     let interactive = std::io::stdin().is_terminal();
-    let _raw = if interactive { Some(RawTerminal::enter()) } else { None };
+    let _raw = if interactive {
+        Some(RawTerminal::enter())
+    } else {
+        None
+    };
     let (tx, rx) = std::sync::mpsc::channel::<Vec<u8>>();
     std::thread::spawn(move || {
         let mut stdin = std::io::stdin();
@@ -223,7 +245,10 @@ fn bench_boot(mut args: Args) -> Result {
         let first_ms = (banner - launched).as_secs_f64() * 1e3;
         let ready_ms = (ready - launched).as_secs_f64() * 1e3;
         if !json {
-            println!("run {:>2}: first console line {first_ms:7.1} ms, ready {ready_ms:7.1} ms", run + 1);
+            println!(
+                "run {:>2}: first console line {first_ms:7.1} ms, ready {ready_ms:7.1} ms",
+                run + 1
+            );
         }
         to_banner.push(first_ms);
         to_ready.push(ready_ms);
@@ -231,13 +256,18 @@ fn bench_boot(mut args: Args) -> Result {
     let median_ms = median(&to_ready).unwrap_or(0.0);
     let p90_ms = percentile(&to_ready, 90.0).unwrap_or(0.0);
     let banner_ms = median(&to_banner).unwrap_or(0.0);
-    println!("boot to ready over {runs} runs (TCG, {firmware:?}): median {median_ms:.1} ms, p90 {p90_ms:.1} ms (goal: median < 100 ms)");
+    println!(
+        "boot to ready over {runs} runs (TCG, {firmware:?}): median {median_ms:.1} ms, p90 {p90_ms:.1} ms (goal: median < 100 ms)"
+    );
     println!(
         "  of which QEMU + firmware + loader to first console line: median {banner_ms:.1} ms ({:.0} % of the total); appliance init: {:.1} ms",
         100.0 * banner_ms / median_ms.max(1e-9),
         median_ms - banner_ms
     );
-    println!("  image: {} bytes loaded ({} bytes ELF with symbols)", sizes.loaded, sizes.file);
+    println!(
+        "  image: {} bytes loaded ({} bytes ELF with symbols)",
+        sizes.loaded, sizes.file
+    );
     if json {
         println!(
             "{}",

@@ -45,28 +45,39 @@ impl Qmp {
         let (reply_tx, replies) = channel();
         let events: Arc<(Mutex<Events>, Condvar)> = Arc::default();
         let events_in = Arc::clone(&events);
-        std::thread::Builder::new().name("qmp-reader".into()).spawn(move || {
-            let mut lines = BufReader::new(reader).lines();
-            while let Some(Ok(line)) = lines.next() {
-                let Ok(value) = serde_json::from_str::<Value>(&line) else { continue };
-                if let Some(name) = value.get("event").and_then(Value::as_str) {
-                    let event = Event {
-                        name: name.to_string(),
-                        data: value.get("data").cloned().unwrap_or(Value::Null),
-                        received: Instant::now(),
+        std::thread::Builder::new()
+            .name("qmp-reader".into())
+            .spawn(move || {
+                let mut lines = BufReader::new(reader).lines();
+                while let Some(Ok(line)) = lines.next() {
+                    let Ok(value) = serde_json::from_str::<Value>(&line) else {
+                        continue;
                     };
-                    let (lock, cond) = &*events_in;
-                    lock.lock().unwrap_or_else(|e| e.into_inner()).list.push(event);
-                    cond.notify_all();
-                } else if reply_tx.send(value).is_err() {
-                    break;
+                    if let Some(name) = value.get("event").and_then(Value::as_str) {
+                        let event = Event {
+                            name: name.to_string(),
+                            data: value.get("data").cloned().unwrap_or(Value::Null),
+                            received: Instant::now(),
+                        };
+                        let (lock, cond) = &*events_in;
+                        lock.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .list
+                            .push(event);
+                        cond.notify_all();
+                    } else if reply_tx.send(value).is_err() {
+                        break;
+                    }
                 }
-            }
-            let (lock, cond) = &*events_in;
-            lock.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
-            cond.notify_all();
-        })?;
-        let mut qmp = Qmp { writer: stream, replies, events };
+                let (lock, cond) = &*events_in;
+                lock.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
+                cond.notify_all();
+            })?;
+        let mut qmp = Qmp {
+            writer: stream,
+            replies,
+            events,
+        };
         // The greeting comes as the first "reply".
         let greeting = qmp.next_reply(timeout)?;
         if greeting.get("QMP").is_none() {
@@ -80,12 +91,19 @@ impl Qmp {
         match self.replies.recv_timeout(timeout) {
             Ok(v) => Ok(v),
             Err(RecvTimeoutError::Timeout) => Err(lab_error!("QMP: no reply within {timeout:?}")),
-            Err(RecvTimeoutError::Disconnected) => Err(lab_error!("QMP: QEMU closed the connection")),
+            Err(RecvTimeoutError::Disconnected) => {
+                Err(lab_error!("QMP: QEMU closed the connection"))
+            }
         }
     }
 
     /// Runs a command and returns its `return` value (or its error as an `Err`).
-    pub fn execute(&mut self, command: &str, arguments: Option<Value>, timeout: Duration) -> Result<Value> {
+    pub fn execute(
+        &mut self,
+        command: &str,
+        arguments: Option<Value>,
+        timeout: Duration,
+    ) -> Result<Value> {
         let mut request = json!({ "execute": command });
         if let Some(arguments) = arguments {
             request["arguments"] = arguments;
@@ -108,7 +126,11 @@ impl Qmp {
         let (lock, cond) = &*self.events;
         let mut events = lock.lock().unwrap_or_else(|e| e.into_inner());
         loop {
-            if let Some(e) = events.list.iter().find(|e| e.name == name && e.received >= since) {
+            if let Some(e) = events
+                .list
+                .iter()
+                .find(|e| e.name == name && e.received >= since)
+            {
                 return Ok(e.clone());
             }
             if events.closed {
@@ -118,12 +140,20 @@ impl Qmp {
             if now >= deadline {
                 return Err(lab_error!("no QMP event {name} within {timeout:?}"));
             }
-            events = cond.wait_timeout(events, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+            events = cond
+                .wait_timeout(events, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
     /// Every event received so far.
     pub fn events(&self) -> Vec<Event> {
-        self.events.0.lock().unwrap_or_else(|e| e.into_inner()).list.clone()
+        self.events
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .list
+            .clone()
     }
 }

@@ -111,7 +111,13 @@ impl VmConfig {
     /// The QEMU arguments for this config, with sockets in `dir`.
     pub fn qemu_args(&self, dir: &Path) -> Vec<String> {
         let mut args: Vec<String> = [
-            "-machine", "q35", "-nodefaults", "-no-reboot", "-display", "none", "-m",
+            "-machine",
+            "q35",
+            "-nodefaults",
+            "-no-reboot",
+            "-display",
+            "none",
+            "-m",
         ]
         .iter()
         .map(|s| s.to_string())
@@ -119,11 +125,18 @@ impl VmConfig {
         args.push(self.memory_mib.to_string());
         match self.accel {
             Accel::Tcg => args.extend(["-accel".into(), "tcg".into()]),
-            Accel::Kvm => args.extend(["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()]),
+            Accel::Kvm => {
+                args.extend(["-accel".into(), "kvm".into(), "-cpu".into(), "host".into()])
+            }
         }
         if let Some(cdrom) = &self.cdrom {
             // GRUB needs a full BIOS; the command line is in the ISO's grub.cfg.
-            args.extend(["-cdrom".into(), cdrom.display().to_string(), "-boot".into(), "d".into()]);
+            args.extend([
+                "-cdrom".into(),
+                cdrom.display().to_string(),
+                "-boot".into(),
+                "d".into(),
+            ]);
         } else {
             if self.firmware == Firmware::Qboot && Path::new(QBOOT_ROM).exists() {
                 args.extend(["-bios".into(), QBOOT_ROM.into()]);
@@ -149,6 +162,10 @@ impl VmConfig {
             args.push("-S".into());
         }
         args.extend(self.extra_args.iter().cloned());
+        // Extra arguments for debugging (e.g. `-trace e1000*`), split on spaces.
+        if let Ok(extra) = std::env::var("DUPLEX_QEMU_ARGS") {
+            args.extend(extra.split_ascii_whitespace().map(str::to_string));
+        }
         args
     }
 }
@@ -196,7 +213,13 @@ fn run_dir(name: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-fn accept_before(listener: &UnixListener, child: &mut Child, deadline: Instant, what: &str, dir: &Path) -> Result<UnixStream> {
+fn accept_before(
+    listener: &UnixListener,
+    child: &mut Child,
+    deadline: Instant,
+    what: &str,
+    dir: &Path,
+) -> Result<UnixStream> {
     listener.set_nonblocking(true)?;
     loop {
         match listener.accept() {
@@ -209,7 +232,9 @@ fn accept_before(listener: &UnixListener, child: &mut Child, deadline: Instant, 
         }
         if let Some(status) = child.try_wait()? {
             let log = std::fs::read_to_string(dir.join("qemu.log")).unwrap_or_default();
-            return Err(lab_error!("QEMU exited ({status}) before connecting its {what}:\n{log}"));
+            return Err(lab_error!(
+                "QEMU exited ({status}) before connecting its {what}:\n{log}"
+            ));
         }
         if Instant::now() >= deadline {
             return Err(lab_error!("QEMU did not connect its {what} in time"));
@@ -222,7 +247,10 @@ impl Vm {
     /// Starts QEMU and connects to its console and QMP.
     pub fn launch(config: &VmConfig) -> Result<Vm> {
         if config.cdrom.is_none() && !config.kernel.exists() {
-            return Err(lab_error!("image {} does not exist (build it with `cargo lab build`)", config.kernel.display()));
+            return Err(lab_error!(
+                "image {} does not exist (build it with `cargo lab build`)",
+                config.kernel.display()
+            ));
         }
         let dir = run_dir(&config.name)?;
         let console_listener = UnixListener::bind(dir.join("console.sock"))?;
@@ -244,42 +272,55 @@ impl Vm {
         }
         let launched = Instant::now();
         let mut child = command.spawn().map_err(|e| {
-            lab_error!("cannot start {}: {e} (install it: apt-get install -y qemu-system-x86)", qemu_binary())
+            lab_error!(
+                "cannot start {}: {e} (install it: apt-get install -y qemu-system-x86)",
+                qemu_binary()
+            )
         })?;
         let deadline = launched + config.connect_timeout;
-        let console_stream = accept_before(&console_listener, &mut child, deadline, "console", &dir)?;
+        let console_stream =
+            accept_before(&console_listener, &mut child, deadline, "console", &dir)?;
         let qmp_stream = accept_before(&qmp_listener, &mut child, deadline, "QMP socket", &dir)?;
 
         let console: Arc<ConsoleShared> = Arc::default();
         let console_in = Arc::clone(&console);
         let mut reader = console_stream.try_clone()?;
         let mut log = File::create(dir.join("console.log"))?;
-        std::thread::Builder::new().name(format!("console-{}", config.name)).spawn(move || {
-            let mut buf = [0u8; 4096];
-            loop {
-                let n = match reader.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                let _ = log.write_all(&buf[..n]);
-                let mut state = console_in.state.lock().unwrap_or_else(|e| e.into_inner());
-                state.text.extend_from_slice(&buf[..n]);
+        std::thread::Builder::new()
+            .name(format!("console-{}", config.name))
+            .spawn(move || {
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = match reader.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => n,
+                    };
+                    let _ = log.write_all(&buf[..n]);
+                    let mut state = console_in.state.lock().unwrap_or_else(|e| e.into_inner());
+                    state.text.extend_from_slice(&buf[..n]);
+                    console_in.cond.notify_all();
+                }
+                console_in
+                    .state
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .closed = true;
                 console_in.cond.notify_all();
-            }
-            console_in.state.lock().unwrap_or_else(|e| e.into_inner()).closed = true;
-            console_in.cond.notify_all();
-        })?;
+            })?;
 
         // The reaper kills QEMU when its lifetime is over.
         let (stop_reaper, stop) = channel::<()>();
         let pid = child.id() as libc::pid_t;
         let lifetime = config.lifetime;
-        std::thread::Builder::new().name(format!("reaper-{}", config.name)).spawn(move || {
-            if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(lifetime) {
-                // SAFETY: kill(2) on our own child's pid; at worst the process is gone.
-                unsafe { libc::kill(pid, libc::SIGKILL) };
-            }
-        })?;
+        std::thread::Builder::new()
+            .name(format!("reaper-{}", config.name))
+            .spawn(move || {
+                if let Err(std::sync::mpsc::RecvTimeoutError::Timeout) = stop.recv_timeout(lifetime)
+                {
+                    // SAFETY: kill(2) on our own child's pid; at worst the process is gone.
+                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                }
+            })?;
 
         let qmp = Qmp::new(qmp_stream, config.connect_timeout)?;
         Ok(Vm {
@@ -324,7 +365,9 @@ impl Vm {
     fn tail(&self, bytes: usize) -> String {
         let text = self.console_text();
         let start = text.len().saturating_sub(bytes);
-        let start = (start..text.len()).find(|&i| text.is_char_boundary(i)).unwrap_or(text.len());
+        let start = (start..text.len())
+            .find(|&i| text.is_char_boundary(i))
+            .unwrap_or(text.len());
         text[start..].to_string()
     }
 
@@ -335,14 +378,23 @@ impl Vm {
         let mut state = self.console.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             if state.text.len() > offset || state.closed {
-                let bytes = state.text.get(offset..).map(<[u8]>::to_vec).unwrap_or_default();
+                let bytes = state
+                    .text
+                    .get(offset..)
+                    .map(<[u8]>::to_vec)
+                    .unwrap_or_default();
                 return (bytes, state.text.len(), state.closed);
             }
             let now = Instant::now();
             if now >= deadline {
                 return (Vec::new(), offset, false);
             }
-            state = self.console.cond.wait_timeout(state, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+            state = self
+                .console
+                .cond
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
@@ -362,9 +414,17 @@ impl Vm {
             let cursor = state.cursor;
             if let Some(pos) = find(&state.text[cursor..], needle_bytes) {
                 let at = cursor + pos;
-                let line_start = state.text[..at].iter().rposition(|&b| b == b'\n').map_or(0, |p| p + 1);
-                let line_end = state.text[at..].iter().position(|&b| b == b'\n').map_or(state.text.len(), |p| at + p);
-                let line = String::from_utf8_lossy(&state.text[line_start..line_end]).trim_end().to_string();
+                let line_start = state.text[..at]
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map_or(0, |p| p + 1);
+                let line_end = state.text[at..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .map_or(state.text.len(), |p| at + p);
+                let line = String::from_utf8_lossy(&state.text[line_start..line_end])
+                    .trim_end()
+                    .to_string();
                 state.cursor = (at + needle_bytes.len()).max(line_end.min(state.text.len()));
                 return Ok(line);
             }
@@ -385,7 +445,12 @@ impl Vm {
                     self.tail(2000)
                 ));
             }
-            state = self.console.cond.wait_timeout(state, deadline - now).unwrap_or_else(|e| e.into_inner()).0;
+            state = self
+                .console
+                .cond
+                .wait_timeout(state, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
         }
     }
 
@@ -408,7 +473,14 @@ impl Vm {
     /// command and the next prompt, CR LF turned into LF).
     pub fn command(&mut self, line: &str, timeout: Duration) -> Result<String> {
         self.mark();
-        let start = { self.console.state.lock().unwrap_or_else(|e| e.into_inner()).text.len() };
+        let start = {
+            self.console
+                .state
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .text
+                .len()
+        };
         self.send(&format!("{line}\r"))?;
         self.wait_for(markers::PROMPT, timeout)?;
         let state = self.console.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -432,7 +504,11 @@ impl Vm {
                 continue;
             }
             if Instant::now() >= deadline {
-                return Err(lab_error!("VM {}: QEMU still running after {timeout:?}; last output:\n{}", self.name, self.tail(2000)));
+                return Err(lab_error!(
+                    "VM {}: QEMU still running after {timeout:?}; last output:\n{}",
+                    self.name,
+                    self.tail(2000)
+                ));
             }
             std::thread::sleep(Duration::from_millis(5));
         }

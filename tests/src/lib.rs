@@ -39,6 +39,7 @@ pub fn config(name: &str, cmdline: &str) -> VmConfig {
 /// Boots the image with `cmdline` and waits for the ready marker.
 pub fn boot(name: &str, cmdline: &str) -> Vm {
     let vm = Vm::launch(&config(name, cmdline)).unwrap_or_else(|e| panic!("{e}"));
-    vm.wait_ready(BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    vm.wait_ready(BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
     vm
 }

@@ -20,7 +20,8 @@ fn boots_to_the_ready_marker() {
 fn expect_fault(cmdline: &str, expected: &[&str]) {
     let mut vm = Vm::launch(&config("fault", cmdline)).unwrap_or_else(|e| panic!("{e}"));
     for needle in expected {
-        vm.wait_for(needle, BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+        vm.wait_for(needle, BOOT_TIMEOUT)
+            .unwrap_or_else(|e| panic!("{e}"));
     }
     let code = vm.wait_exit(BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(code, Some(EXIT_FAIL), "{}", vm.console_text());
@@ -45,13 +46,19 @@ fn page_fault_prints_a_report_and_exits_with_failure() {
 #[test]
 fn divide_error_prints_a_report_and_exits_with_failure() {
     let _machine = shared();
-    expect_fault("selftest=divide", &["*** CPU EXCEPTION 0: divide error (#DE) ***", "rip=0x"]);
+    expect_fault(
+        "selftest=divide",
+        &["*** CPU EXCEPTION 0: divide error (#DE) ***", "rip=0x"],
+    );
 }
 
 #[test]
 fn panic_prints_message_and_location_and_exits_with_failure() {
     let _machine = shared();
-    expect_fault("selftest=panic", &["*** PANIC: selftest panic requested on the command line at image/src/main.rs:"]);
+    expect_fault(
+        "selftest=panic",
+        &["*** PANIC: selftest panic requested on the command line at image/src/main.rs:"],
+    );
 }
 
 #[test]
@@ -59,40 +66,77 @@ fn unknown_boot_options_are_rejected_and_boot_goes_on() {
     let _machine = shared();
     let mut vm = boot("options", "colour=blue node=9 node=zero");
     let text = vm.console_text();
-    assert!(text.contains("error: boot option 'colour=blue' rejected: unknown key 'colour'"), "{text}");
-    assert!(text.contains("error: boot option 'node=zero' rejected"), "{text}");
-    let status = vm.command("show status", COMMAND_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        text.contains("error: boot option 'colour=blue' rejected: unknown key 'colour'"),
+        "{text}"
+    );
+    assert!(
+        text.contains("error: boot option 'node=zero' rejected"),
+        "{text}"
+    );
+    let status = vm
+        .command("show status", COMMAND_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(status.contains("node:    9"), "{status}");
-    assert!(status.contains("warning: boot option 'colour=blue'"), "{status}");
+    assert!(
+        status.contains("warning: boot option 'colour=blue'"),
+        "{status}"
+    );
 }
 
 #[test]
 fn console_answers_version_and_rejects_bogus() {
     let _machine = shared();
     let mut vm = boot("console", "");
-    let version = vm.command("version", COMMAND_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    assert!(version.starts_with("Duplex appliance 0.1.0 (commit "), "{version}");
-    let bogus = vm.command("bogus", COMMAND_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    assert_eq!(bogus, "error: unknown command 'bogus' (type 'help' for the list)");
-    let bad_argument = vm.command("uptime please", COMMAND_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    assert!(bad_argument.starts_with("error: 'uptime' takes no arguments"), "{bad_argument}");
+    let version = vm
+        .command("version", COMMAND_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        version.starts_with("Duplex appliance 0.1.0 (commit "),
+        "{version}"
+    );
+    let bogus = vm
+        .command("bogus", COMMAND_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        bogus,
+        "error: unknown command 'bogus' (type 'help' for the list)"
+    );
+    let bad_argument = vm
+        .command("uptime please", COMMAND_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        bad_argument.starts_with("error: 'uptime' takes no arguments"),
+        "{bad_argument}"
+    );
     // Line editing: a typo erased with backspace still runs the right command.
-    let edited = vm.command("verx\x7fsion", COMMAND_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let edited = vm
+        .command("verx\x7fsion", COMMAND_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert!(edited.starts_with("Duplex appliance"), "{edited}");
     // The console keeps working after errors.
-    let help = vm.command("help", COMMAND_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let help = vm
+        .command("help", COMMAND_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
     for command in ["version", "uptime", "pci", "stats", "reboot", "show status"] {
         assert!(help.contains(command), "{help}");
     }
-    let pci = vm.command("pci", COMMAND_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
-    assert!(pci.contains("8086:29c0") && pci.contains("host bridge"), "{pci}");
+    let pci = vm
+        .command("pci", COMMAND_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        pci.contains("8086:29c0") && pci.contains("host bridge"),
+        "{pci}"
+    );
 }
 
 #[test]
 fn show_status_json_is_one_parsable_line() {
     let _machine = shared();
     let mut vm = boot("json", "node=4");
-    let out = vm.command("show status --json", COMMAND_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let out = vm
+        .command("show status --json", COMMAND_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(out.lines().count(), 1, "{out}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
     assert_eq!(v["node"], 4);
@@ -105,7 +149,8 @@ fn reboot_resets_the_machine() {
     let _machine = shared();
     let mut vm = boot("reboot", "");
     vm.send("reboot\r").unwrap_or_else(|e| panic!("{e}"));
-    vm.wait_for("rebooting", COMMAND_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    vm.wait_for("rebooting", COMMAND_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
     // The lab runs QEMU with -no-reboot: a reset ends QEMU with status 0.
     let code = vm.wait_exit(BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(code, Some(0));
@@ -113,7 +158,9 @@ fn reboot_resets_the_machine() {
 
 /// Reads `ticks` and `clock_ms` from `stats`.
 fn ticks_and_clock(vm: &mut Vm) -> (u64, u64) {
-    let stats = vm.command("stats", COMMAND_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let stats = vm
+        .command("stats", COMMAND_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
     let field = |name: &str| -> u64 {
         stats
             .lines()
@@ -143,9 +190,15 @@ fn check_timer_rate(cmdline: &str) {
     let guest_ms = (clock1 - clock0) as f64;
     let tick_rate = (ticks1 - ticks0) as f64 / (guest_ms / 1e3);
     // The TSC clock follows the host clock...
-    assert!((guest_ms / host_ms - 1.0).abs() < 0.10, "guest {guest_ms} ms vs host {host_ms} ms");
+    assert!(
+        (guest_ms / host_ms - 1.0).abs() < 0.10,
+        "guest {guest_ms} ms vs host {host_ms} ms"
+    );
     // ...and the tick runs at 1 kHz of it.
-    assert!((tick_rate / 1000.0 - 1.0).abs() < 0.10, "tick rate {tick_rate:.1} Hz over {guest_ms} ms");
+    assert!(
+        (tick_rate / 1000.0 - 1.0).abs() < 0.10,
+        "tick rate {tick_rate:.1} Hz over {guest_ms} ms"
+    );
 }
 
 #[test]
@@ -167,7 +220,9 @@ fn grub_boots_the_image_through_multiboot2() {
     let mut config = config("grub", "");
     config.cdrom = Some(iso.clone());
     let vm = Vm::launch(&config).unwrap_or_else(|e| panic!("{e}"));
-    let ready = vm.wait_ready(BOOT_TIMEOUT).unwrap_or_else(|e| panic!("{e}"));
+    let ready = vm
+        .wait_ready(BOOT_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
     let _ = std::fs::remove_file(&iso);
     assert!(ready.contains("node=5"), "{ready}");
     let text = vm.console_text();

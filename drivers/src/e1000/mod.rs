@@ -236,11 +236,11 @@ impl<R: RegisterBlock> E1000<R> {
         registers.write32(registers::RDTR, 0);
         registers.write32(registers::RADV, 0);
         registers.write32(registers::RXCSUM, 0);
+        registers.write32(registers::RDT, receive_ring.initial_tail());
         registers.write32(
             registers::RCTL,
             rctl::EN | rctl::UPE | rctl::MPE | rctl::BAM | rctl::SECRC,
         );
-        registers.write32(registers::RDT, receive_ring.initial_tail());
 
         // Transmit ring: empty (TDH = TDT = 0).
         let (low, high) = split(transmit_ring.physical_address());
@@ -404,6 +404,25 @@ impl<R: RegisterBlock> Nic for E1000<R> {
 
     fn model(&self) -> &'static str {
         "e1000"
+    }
+
+    fn diagnostics(&mut self, out: &mut dyn core::fmt::Write) -> core::fmt::Result {
+        let rdh = self.registers.read32(registers::RDH);
+        let rdt = self.registers.read32(registers::RDT);
+        let tdh = self.registers.read32(registers::TDH);
+        let tdt = self.registers.read32(registers::TDT);
+        let rctl = self.registers.read32(registers::RCTL);
+        // Statistics registers (clear on read): total and good packets received,
+        // missed packets, receive-no-buffers.
+        let tpr = self.registers.read32(0x40d0);
+        let gprc = self.registers.read32(0x4074);
+        let mpc = self.registers.read32(0x4010);
+        let rnbc = self.registers.read32(0x40a0);
+        write!(
+            out,
+            "RDH {rdh} RDT {rdt} next {} TDH {tdh} TDT {tdt} RCTL {rctl:#x} TPR {tpr} GPRC {gprc} MPC {mpc} RNBC {rnbc}",
+            self.receive_ring.next_index()
+        )
     }
 }
 

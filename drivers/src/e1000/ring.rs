@@ -95,6 +95,11 @@ impl ReceiveRing {
         register_value(self.count - 1)
     }
 
+    /// The next descriptor the driver looks at.
+    pub fn next_index(&self) -> usize {
+        self.next
+    }
+
     /// Hands up to `budget` completed frames to `sink`, straight from their buffers, and
     /// re-arms their descriptors. Looks at no more than `budget` descriptors.
     ///

@@ -8,12 +8,17 @@
 //!   [`crate::pci::ConfigSpace`] (the kernel's 0xCF8/0xCFC accessor), so both share one
 //!   lock on the configuration ports.
 //! - Probing: [`identify_net`] maps PCI ids to [`NetDeviceKind`].
+//! - [`blk::VirtioBlk`]: virtio-blk behind [`duplex_hal::BlockDevice`]; probe with
+//!   [`identify_block`] ([`BlockDeviceKind`]).
 //!
 //! DMA memory comes from [`crate::dma::IdentityHal`] (identity-mapped heap). `SPEC.md`
 //! next to this file records the device facts and the notification policy.
 
+pub mod blk;
 pub mod net;
 
+#[cfg(test)]
+mod blk_tests;
 #[cfg(test)]
 mod fake;
 #[cfg(test)]
@@ -49,6 +54,30 @@ pub const SUPPORTED_NET_DEVICES: &[(u16, u16, NetDeviceKind)] = &[
 /// Which virtio-net face a PCI (vendor, device) id is, if any.
 pub fn identify_net(vendor: u16, device: u16) -> Option<NetDeviceKind> {
     SUPPORTED_NET_DEVICES
+        .iter()
+        .find(|&&(v, d, _)| (v, d) == (vendor, device))
+        .map(|&(_, _, kind)| kind)
+}
+
+/// The two PCI faces of a virtio-blk device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum BlockDeviceKind {
+    /// 1af4:1001, transitional (QEMU's `virtio-blk-pci` on a conventional PCI slot or the
+    /// q35 root bus). The driver uses the modern interface.
+    Transitional,
+    /// 1af4:1042, modern only (behind a PCIe root port, or `disable-legacy=on`).
+    Modern,
+}
+
+/// Supported virtio-blk PCI (vendor, device) ids.
+pub const SUPPORTED_BLOCK_DEVICES: &[(u16, u16, BlockDeviceKind)] = &[
+    (VIRTIO_VENDOR_ID, 0x1001, BlockDeviceKind::Transitional),
+    (VIRTIO_VENDOR_ID, 0x1042, BlockDeviceKind::Modern),
+];
+
+/// Which virtio-blk face a PCI (vendor, device) id is, if any.
+pub fn identify_block(vendor: u16, device: u16) -> Option<BlockDeviceKind> {
+    SUPPORTED_BLOCK_DEVICES
         .iter()
         .find(|&&(v, d, _)| (v, d) == (vendor, device))
         .map(|&(_, _, kind)| kind)

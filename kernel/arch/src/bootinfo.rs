@@ -160,7 +160,7 @@ pub unsafe fn parse(protocol: Protocol, info: usize) -> &'static BootInfo {
 /// # Safety
 /// `info` points at an `hvm_start_info` (checked by its magic).
 unsafe fn parse_pvh(boot: &mut BootInfo, info: usize) {
-    // SAFETY (all reads below): hvm_start_info is 56 bytes (version 1); the loader put
+    // SAFETY: (all reads below) hvm_start_info is 56 bytes (version 1); the loader put
     // it and the structures it points to in readable, identity-mapped memory.
     unsafe {
         if read_u32(info) != PVH_MAGIC {
@@ -186,7 +186,7 @@ unsafe fn parse_pvh(boot: &mut BootInfo, info: usize) {
 /// # Safety
 /// `info` points at a Multiboot2 information structure.
 unsafe fn parse_multiboot2(boot: &mut BootInfo, info: usize) {
-    // SAFETY (all reads below): the structure starts with its total size and holds
+    // SAFETY: (all reads below) the structure starts with its total size and holds
     // 8-byte-aligned tags up to that size, all in readable memory.
     unsafe {
         let total = read_u32(info) as usize;

@@ -189,12 +189,14 @@ pub struct InterruptFrame {
 pub fn init() {
     let tss = TSS.call_once(|| {
         let mut tss = TaskStateSegment::new();
-        for (slot, index) in [IST_DOUBLE_FAULT, IST_NMI, IST_MACHINE_CHECK].into_iter().enumerate() {
+        for (slot, index) in [IST_DOUBLE_FAULT, IST_NMI, IST_MACHINE_CHECK]
+            .into_iter()
+            .enumerate()
+        {
             // SAFETY: only the address of the static is taken; it is written by nothing but
             // the CPU, when it switches to this IST stack.
             let base = unsafe { core::ptr::addr_of!(IST_STACKS[slot]) } as u64;
-            tss.interrupt_stack_table[index as usize] =
-                VirtAddr::new(base + IST_STACK_SIZE as u64);
+            tss.interrupt_stack_table[index as usize] = VirtAddr::new(base + IST_STACK_SIZE as u64);
         }
         tss
     });
@@ -345,8 +347,18 @@ fn exception(frame: &InterruptFrame) -> ! {
         let _ = writeln!(
             out,
             "page fault: {} {} in {} mode{}",
-            if e & 1 != 0 { "protection violation" } else { "page not present" },
-            if e & 2 != 0 { "on write" } else if e & 16 != 0 { "on instruction fetch" } else { "on read" },
+            if e & 1 != 0 {
+                "protection violation"
+            } else {
+                "page not present"
+            },
+            if e & 2 != 0 {
+                "on write"
+            } else if e & 16 != 0 {
+                "on instruction fetch"
+            } else {
+                "on read"
+            },
             if e & 4 != 0 { "user" } else { "kernel" },
             if e & 8 != 0 { ", reserved bit set" } else { "" },
         );

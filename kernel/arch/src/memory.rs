@@ -24,7 +24,9 @@ pub struct KernelHeap {
 }
 
 #[global_allocator]
-static HEAP: KernelHeap = KernelHeap { heap: Mutex::new(Heap::empty()) };
+static HEAP: KernelHeap = KernelHeap {
+    heap: Mutex::new(Heap::empty()),
+};
 
 // SAFETY: `Heap` hands out disjoint blocks of the region it owns, aligned as asked,
 // and the mutex serialises all access.
@@ -73,7 +75,10 @@ pub(crate) fn init_heap(boot: &BootInfo) {
     }
     if best.1 == 0 {
         let mut out = crate::hooks::ReportWriter;
-        let _ = core::fmt::Write::write_str(&mut out, "fatal: no RAM for the heap in the boot memory map\r\n");
+        let _ = core::fmt::Write::write_str(
+            &mut out,
+            "fatal: no RAM for the heap in the boot memory map\r\n",
+        );
         crate::machine::fail_stop();
     }
     // SAFETY: the region is usable RAM per the loader, identity-mapped, and excludes the

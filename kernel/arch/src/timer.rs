@@ -139,9 +139,18 @@ fn sample(lapic: bool) -> Sample {
         let high = inb(0x42);
         u16::from_le_bytes([low, high])
     };
-    let apic = if lapic { lapic_read(LAPIC_CURRENT_COUNT) } else { 0 };
+    let apic = if lapic {
+        lapic_read(LAPIC_CURRENT_COUNT)
+    } else {
+        0
+    };
     let after = rdtsc();
-    Sample { pit, apic, tsc: before + (after - before) / 2, spread: after - before }
+    Sample {
+        pit,
+        apic,
+        tsc: before + (after - before) / 2,
+        spread: after - before,
+    }
 }
 
 /// The sample with the shortest read time of a few, so a read delayed by the host
@@ -205,19 +214,30 @@ pub fn init(preference: TickPreference) -> TimerInfo {
     let pit = pit.max(1);
     let tsc_hz = (u128::from(tsc) * u128::from(PIT_HZ) / u128::from(pit)).max(1) as u64;
     TSC_HZ.store(tsc_hz, Ordering::Relaxed);
-    TSC_MULT.store(((1_000_000_000u128 << 32) / u128::from(tsc_hz)) as u64, Ordering::Relaxed);
+    TSC_MULT.store(
+        ((1_000_000_000u128 << 32) / u128::from(tsc_hz)) as u64,
+        Ordering::Relaxed,
+    );
     TSC_BASE.store(rdtsc(), Ordering::Relaxed);
 
-    let per_tick = (u128::from(apic) * u128::from(PIT_HZ) / (u128::from(pit) * u128::from(TICK_HZ))) as u64;
+    let per_tick =
+        (u128::from(apic) * u128::from(PIT_HZ) / (u128::from(pit) * u128::from(TICK_HZ))) as u64;
     if lapic && per_tick > 0 {
         USE_LAPIC.store(true, Ordering::Relaxed);
         LAPIC_COUNT_PER_TICK.store(per_tick, Ordering::Relaxed);
         // Software-enable the APIC with the spurious vector, then a periodic timer.
         lapic_write(LAPIC_SVR, 0x100 | u32::from(crate::cpu::SPURIOUS_VECTOR));
         lapic_write(LAPIC_DIVIDE, 0x3);
-        lapic_write(LAPIC_LVT_TIMER, u32::from(crate::cpu::TIMER_VECTOR) | (1 << 17));
+        lapic_write(
+            LAPIC_LVT_TIMER,
+            u32::from(crate::cpu::TIMER_VECTOR) | (1 << 17),
+        );
         lapic_write(LAPIC_INITIAL_COUNT, per_tick as u32);
-        TimerInfo { source: TickSource::LocalApic, tsc_hz, lapic_count_per_tick: per_tick }
+        TimerInfo {
+            source: TickSource::LocalApic,
+            tsc_hz,
+            lapic_count_per_tick: per_tick,
+        }
     } else {
         let divisor = ((PIT_HZ + TICK_HZ / 2) / TICK_HZ) as u16;
         // SAFETY: 0x34 selects channel 0, lobyte/hibyte, mode 2 (rate generator).
@@ -233,7 +253,11 @@ pub fn init(preference: TickPreference) -> TimerInfo {
             lapic_write(LAPIC_SVR, 0x100 | u32::from(crate::cpu::SPURIOUS_VECTOR));
             lapic_write(LAPIC_LVT_LINT0, 0x700);
         }
-        TimerInfo { source: TickSource::Pit, tsc_hz, lapic_count_per_tick: 0 }
+        TimerInfo {
+            source: TickSource::Pit,
+            tsc_hz,
+            lapic_count_per_tick: 0,
+        }
     }
 }
 

@@ -152,6 +152,11 @@ pub trait Nic {
 
     /// A short name of the device model, for the console ("virtio-net", "e1000").
     fn model(&self) -> &'static str;
+
+    /// Writes device-specific state (ring indices, registers) for `show interfaces`.
+    fn diagnostics(&mut self, _out: &mut dyn fmt::Write) -> fmt::Result {
+        Ok(())
+    }
 }
 
 /// A hardware watchdog timer: once armed, it resets the machine unless kicked in time.
