@@ -28,6 +28,12 @@ pub enum Command {
         /// One JSON line instead of text.
         json: bool,
     },
+    /// `show interfaces`: ports, link, driver and bridge counters.
+    ShowInterfaces,
+    /// `show bridge`: the MAC table.
+    ShowBridge,
+    /// `show watchdog`: the hardware watchdog in use.
+    ShowWatchdog,
 }
 
 /// Every command with its one-line help, in the order `help` lists them.
@@ -37,9 +43,15 @@ pub const HELP: &[(&str, &str)] = &[
     ("uptime", "time since boot"),
     ("pci", "PCI functions found at boot"),
     ("stats", "timer ticks, clock, heap and interrupt counters"),
-    ("show status [--json]", "node, uptime and state (--json: one line for scripts)"),
+    (
+        "show status [--json]",
+        "node, uptime and state (--json: one line for scripts)",
+    ),
     ("reboot", "reset the appliance"),
 ];
+
+/// The topics of `show`.
+const SHOW_TOPICS: &str = "status, interfaces, bridge, watchdog";
 
 /// Why a line is not a command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +66,9 @@ impl core::fmt::Display for CommandError {
 fn no_arguments(name: &str, rest: &[&str], command: Command) -> Result<Command, CommandError> {
     match rest.first() {
         None => Ok(command),
-        Some(extra) => Err(CommandError(format!("'{name}' takes no arguments (got '{extra}')"))),
+        Some(extra) => Err(CommandError(format!(
+            "'{name}' takes no arguments (got '{extra}')"
+        ))),
     }
 }
 
@@ -88,14 +102,31 @@ pub fn parse(line: &str) -> Result<Option<Command>, CommandError> {
         "stats" => no_arguments(first, rest, Command::Stats)?,
         "reboot" => no_arguments(first, rest, Command::Reboot)?,
         "show" => match rest.split_first() {
-            Some((&"status", flags)) => Command::ShowStatus { json: json_flag("show status", flags)? },
-            Some((topic, _)) => {
-                return Err(CommandError(format!("'show' has no topic '{topic}' (topics: status)")));
+            Some((&"status", flags)) => Command::ShowStatus {
+                json: json_flag("show status", flags)?,
+            },
+            Some((&"interfaces", rest)) => {
+                no_arguments("show interfaces", rest, Command::ShowInterfaces)?
             }
-            None => return Err(CommandError(String::from("'show' needs a topic (topics: status)"))),
+            Some((&"bridge", rest)) => no_arguments("show bridge", rest, Command::ShowBridge)?,
+            Some((&"watchdog", rest)) => {
+                no_arguments("show watchdog", rest, Command::ShowWatchdog)?
+            }
+            Some((topic, _)) => {
+                return Err(CommandError(format!(
+                    "'show' has no topic '{topic}' (topics: {SHOW_TOPICS})"
+                )));
+            }
+            None => {
+                return Err(CommandError(format!(
+                    "'show' needs a topic (topics: {SHOW_TOPICS})"
+                )));
+            }
         },
         other => {
-            return Err(CommandError(format!("unknown command '{other}' (type 'help' for the list)")));
+            return Err(CommandError(format!(
+                "unknown command '{other}' (type 'help' for the list)"
+            )));
         }
     };
     Ok(Some(command))
@@ -110,8 +141,14 @@ mod tests {
     fn commands_parse() {
         assert_eq!(parse("  version "), Ok(Some(Command::Version)));
         assert_eq!(parse(""), Ok(None));
-        assert_eq!(parse("show status --json"), Ok(Some(Command::ShowStatus { json: true })));
-        assert_eq!(parse("show status"), Ok(Some(Command::ShowStatus { json: false })));
+        assert_eq!(
+            parse("show status --json"),
+            Ok(Some(Command::ShowStatus { json: true }))
+        );
+        assert_eq!(
+            parse("show status"),
+            Ok(Some(Command::ShowStatus { json: false }))
+        );
     }
 
     #[test]

@@ -56,7 +56,11 @@ impl LineEditor {
         let after_cr = core::mem::replace(&mut self.last_was_cr, false);
         match self.escape {
             Escape::Start => {
-                self.escape = if byte == b'[' || byte == b'O' { Escape::Sequence } else { Escape::None };
+                self.escape = if byte == b'[' || byte == b'O' {
+                    Escape::Sequence
+                } else {
+                    Escape::None
+                };
                 return Event::None;
             }
             Escape::Sequence => {
@@ -133,7 +137,10 @@ mod tests {
     fn echo_backspace_and_crlf() {
         let mut e = LineEditor::new();
         let (events, echoed) = run(&mut e, b"verx\x7fsion\r\nup\x08\x08uptime\n");
-        assert_eq!(events, [Event::Line("version".into()), Event::Line("uptime".into())]);
+        assert_eq!(
+            events,
+            [Event::Line("version".into()), Event::Line("uptime".into())]
+        );
         assert!(echoed.starts_with(b"verx\x08 \x08sion\r\n"));
     }
 

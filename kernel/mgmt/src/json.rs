@@ -13,7 +13,10 @@ pub struct JsonObject {
 impl JsonObject {
     /// An empty object.
     pub fn new() -> Self {
-        JsonObject { out: String::from("{"), fields: 0 }
+        JsonObject {
+            out: String::from("{"),
+            fields: 0,
+        }
     }
 
     fn key(&mut self, key: &str) {
@@ -113,6 +116,9 @@ mod tests {
             .int("d", -3)
             .raw("list", &array(vec![String::from("1"), String::from("2")]))
             .finish();
-        assert_eq!(s, r#"{"node":1,"state":"Ma\"ster\n","ok":true,"d":-3,"list":[1,2]}"#);
+        assert_eq!(
+            s,
+            r#"{"node":1,"state":"Ma\"ster\n","ok":true,"d":-3,"list":[1,2]}"#
+        );
     }
 }

@@ -34,6 +34,20 @@ pub enum TimerChoice {
     Pit,
 }
 
+/// Which hardware watchdog to use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WatchdogChoice {
+    /// The best one present: i6300ESB (ms resolution), else iTCO (1.2 s steps), else none.
+    #[default]
+    Auto,
+    /// The ICH9 TCO watchdog.
+    Itco,
+    /// The Intel 6300ESB.
+    I6300Esb,
+    /// No hardware watchdog (the liveness monitor still runs).
+    None,
+}
+
 /// An IPv4 address with a prefix length.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ipv4Cidr {
@@ -54,11 +68,22 @@ pub struct BootOptions {
     pub timer: TimerChoice,
     /// Management address (`ip=10.0.0.1/24`).
     pub ip: Option<Ipv4Cidr>,
+    /// Hardware watchdog (`watchdog=auto|itco|i6300esb|none`).
+    pub watchdog: WatchdogChoice,
+    /// Hardware watchdog timeout in ms (`watchdog_ms=N`); `None`: the device's default.
+    pub watchdog_ms: Option<u32>,
 }
 
 impl Default for BootOptions {
     fn default() -> Self {
-        BootOptions { node: 1, selftest: SelfTest::None, timer: TimerChoice::Auto, ip: None }
+        BootOptions {
+            node: 1,
+            selftest: SelfTest::None,
+            timer: TimerChoice::Auto,
+            ip: None,
+            watchdog: WatchdogChoice::Auto,
+            watchdog_ms: None,
+        }
     }
 }
 
@@ -68,6 +93,8 @@ pub const KNOWN_KEYS: &[(&str, &str)] = &[
     ("selftest", "none, pagefault, divide or panic"),
     ("timer", "auto or pit"),
     ("ip", "an IPv4 address with prefix, like 10.0.0.1/24"),
+    ("watchdog", "auto, itco, i6300esb or none"),
+    ("watchdog_ms", "a timeout in ms, 1-3600000"),
 ];
 
 /// One rejected word of the command line.
@@ -91,7 +118,10 @@ fn known_list() -> String {
 }
 
 fn expected(key: &str) -> &'static str {
-    KNOWN_KEYS.iter().find(|(k, _)| *k == key).map_or("", |(_, e)| *e)
+    KNOWN_KEYS
+        .iter()
+        .find(|(k, _)| *k == key)
+        .map_or("", |(_, e)| *e)
 }
 
 /// Parses a dotted-quad IPv4 address.
@@ -122,9 +152,15 @@ pub fn parse(cmdline: &str) -> (BootOptions, Vec<OptionError>) {
     let mut options = BootOptions::default();
     let mut errors = Vec::new();
     for word in cmdline.split_ascii_whitespace() {
-        let reject = |message: String| OptionError { word: String::from(word), message };
+        let reject = |message: String| OptionError {
+            word: String::from(word),
+            message,
+        };
         let Some((key, value)) = word.split_once('=') else {
-            errors.push(reject(format!("expected key=value (known keys: {})", known_list())));
+            errors.push(reject(format!(
+                "expected key=value (known keys: {})",
+                known_list()
+            )));
             continue;
         };
         let bad_value = || format!("'{value}' is not {}", expected(key));
@@ -149,7 +185,21 @@ pub fn parse(cmdline: &str) -> (BootOptions, Vec<OptionError>) {
                 Some(cidr) => options.ip = Some(cidr),
                 None => errors.push(reject(bad_value())),
             },
-            _ => errors.push(reject(format!("unknown key '{key}' (known keys: {})", known_list()))),
+            "watchdog" => match value {
+                "auto" => options.watchdog = WatchdogChoice::Auto,
+                "itco" => options.watchdog = WatchdogChoice::Itco,
+                "i6300esb" => options.watchdog = WatchdogChoice::I6300Esb,
+                "none" => options.watchdog = WatchdogChoice::None,
+                _ => errors.push(reject(bad_value())),
+            },
+            "watchdog_ms" => match value.parse::<u32>() {
+                Ok(ms) if (1..=3_600_000).contains(&ms) => options.watchdog_ms = Some(ms),
+                _ => errors.push(reject(bad_value())),
+            },
+            _ => errors.push(reject(format!(
+                "unknown key '{key}' (known keys: {})",
+                known_list()
+            ))),
         }
     }
     (options, errors)
@@ -167,12 +217,22 @@ mod tests {
 
     #[test]
     fn typed_values() {
-        let (o, e) = parse("node=2  selftest=pagefault timer=pit ip=10.1.2.3/24");
+        let (o, e) = parse(
+            "node=2  selftest=pagefault timer=pit ip=10.1.2.3/24 watchdog=itco watchdog_ms=2400",
+        );
         assert!(e.is_empty(), "{e:?}");
+        assert_eq!(o.watchdog, WatchdogChoice::Itco);
+        assert_eq!(o.watchdog_ms, Some(2400));
         assert_eq!(o.node, 2);
         assert_eq!(o.selftest, SelfTest::PageFault);
         assert_eq!(o.timer, TimerChoice::Pit);
-        assert_eq!(o.ip, Some(Ipv4Cidr { address: [10, 1, 2, 3], prefix: 24 }));
+        assert_eq!(
+            o.ip,
+            Some(Ipv4Cidr {
+                address: [10, 1, 2, 3],
+                prefix: 24
+            })
+        );
     }
 
     #[test]
@@ -183,14 +243,25 @@ mod tests {
         assert_eq!(e.len(), 5);
         assert!(e[0].message.contains("unknown key 'colour'"));
         assert!(e[0].message.contains("node, selftest"));
-        assert!(e[1].to_string().contains("'node=0' rejected: '0' is not a node id 1-255"));
+        assert!(
+            e[1].to_string()
+                .contains("'node=0' rejected: '0' is not a node id 1-255")
+        );
         assert!(e[2].message.contains("expected key=value"));
     }
 
     #[test]
     fn ipv4_parser_is_strict() {
         assert_eq!(parse_ipv4("192.168.0.1"), Some([192, 168, 0, 1]));
-        for bad in ["", "1.2.3", "1.2.3.4.5", "256.1.1.1", "a.b.c.d", "1..2.3", "+1.2.3.4"] {
+        for bad in [
+            "",
+            "1.2.3",
+            "1.2.3.4.5",
+            "256.1.1.1",
+            "a.b.c.d",
+            "1..2.3",
+            "+1.2.3.4",
+        ] {
             assert_eq!(parse_ipv4(bad), None, "{bad}");
         }
     }
