@@ -21,6 +21,9 @@ commands:
   bench boot [--runs N] [--json] [--firmware qboot|seabios]
                                 boot N times (default 10); median and p90 time from QEMU
                                 launch to the ready marker, and the image size
+  sim [--seeds N] [--paths P] [--json]
+                                the pair simulator: detection time p50/p99 against heartbeat
+                                interval and loss, false fail-overs per hour, dual-Master time
   help                          this text
 
 QEMU runs with TCG (software emulation) unless --kvm is given.
@@ -88,6 +91,7 @@ fn main() -> ExitCode {
         "boot" => cmd_boot(args),
         "iso" => cmd_iso(args),
         "bench" => cmd_bench(args),
+        "sim" => cmd_sim(args),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())
@@ -103,6 +107,26 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn cmd_sim(mut args: Args) -> Result {
+    let seeds = args.number("--seeds", 200u32)?.max(1);
+    let paths = args.number("--paths", 1usize)?.clamp(1, 4);
+    let json = args.flag("--json");
+    args.finish()?;
+    let config = duplex_core::sim::BenchConfig { seeds, paths, ..Default::default() };
+    eprintln!(
+        "[lab] simulating {} nodes, {paths} heartbeat path(s), {seeds} seeds per row (virtual time)...",
+        config.nodes
+    );
+    let started = Instant::now();
+    let rows = duplex_core::sim::benchmark(&config);
+    print!("{}", duplex_core::sim::render_table(&rows));
+    println!("({} rows in {:.1} s of host time)", rows.len(), started.elapsed().as_secs_f64());
+    if json {
+        println!("{}", duplex_core::sim::render_json(&rows));
+    }
+    Ok(())
 }
 
 fn cmd_build(args: Args) -> Result {
