@@ -10,13 +10,19 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::Write;
 
+use duplex_core::{Action, ForwardingRole, PathId, wire as heartbeat};
 use duplex_hal::Instant;
+use duplex_nad::build::gratuitous_arp;
+use duplex_nad::wire::ArpOperation;
 use duplex_nad::{Bridge, BridgeConfig, Decision, PortId};
 
 use crate::net::{Management, Port};
+use crate::pair::Duplex;
 
 /// Frames taken from one port per pass.
 pub const BATCH: usize = 64;
+/// Most frames kept while a resumed Master holds its traffic (`ForwardingRole::Hold`).
+pub const HOLD_MAX: usize = 4096;
 
 /// Per-port counters the loop keeps on top of the driver's and the bridge's.
 #[derive(Debug, Default, Clone, Copy)]
@@ -37,12 +43,36 @@ pub struct Dataplane {
     pub counters: Vec<LoopCounters>,
     /// Forwarding on (the Master) or off (a standby: frames are not forwarded).
     pub forwarding: bool,
+    /// The role the Duplex node asked for last.
+    pub role: Option<ForwardingRole>,
+    /// Heartbeats received and accepted / refused.
+    pub heartbeats_in: u64,
+    /// Heartbeats refused (bad MAC, stale, replayed, wrong group).
+    pub heartbeats_refused: u64,
+    /// Heartbeats sent, and those a full ring refused.
+    pub heartbeats_out: u64,
+    /// Heartbeats a full transmit ring refused.
+    pub heartbeats_dropped: u64,
+    /// Frames kept during a hold: (ingress port, egress port or `None` to flood, frame).
+    pub held: alloc::collections::VecDeque<(usize, Option<usize>, Vec<u8>)>,
+    /// Frames a full hold queue dropped, held frames forwarded, and held frames discarded.
+    pub hold_counters: [u64; 3],
+    /// Gratuitous ARPs sent after takeovers.
+    pub announcements: u64,
 }
 
-/// Sends `frame` on `port`, counting a full ring.
+/// Sends `frame` on `port`. A full ring is kicked once (doorbell and reclaim) and the
+/// frame tried again; if it is still full the frame is dropped and counted.
 fn send(port: &mut Port, counters: &mut LoopCounters, frame: &[u8]) {
-    if port.nic.transmit(frame).is_err() {
-        counters.tx_ring_full += 1;
+    match port.nic.transmit(frame) {
+        Ok(()) => {}
+        Err(duplex_hal::Error::Busy) => {
+            port.nic.flush();
+            if port.nic.transmit(frame).is_err() {
+                counters.tx_ring_full += 1;
+            }
+        }
+        Err(_) => counters.tx_ring_full += 1,
     }
 }
 
@@ -66,6 +96,14 @@ impl Dataplane {
             management,
             counters,
             forwarding: true,
+            role: None,
+            heartbeats_in: 0,
+            heartbeats_refused: 0,
+            heartbeats_out: 0,
+            heartbeats_dropped: 0,
+            announcements: 0,
+            held: alloc::collections::VecDeque::new(),
+            hold_counters: [0; 3],
         }
     }
 
@@ -74,11 +112,18 @@ impl Dataplane {
         self.ports.len().min(2)
     }
 
-    /// One pass over every port. Returns how many frames it handled.
-    pub fn poll(&mut self, now: Instant) -> usize {
+    /// One pass: the Duplex node first (its heartbeats leave before any data), then every
+    /// port's receive ring (heartbeats to the node, data through the bridge), then the
+    /// management stack, then the node again (so a takeover acts at once). Returns how
+    /// many frames it handled.
+    pub fn poll(&mut self, now: Instant, duplex: &mut Option<Duplex>) -> usize {
+        if let Some(d) = duplex.as_mut() {
+            self.run_actions(d, now);
+        }
         let mut handled = 0;
+        let mut bridged_bytes = 0u64;
         let bridged = self.bridged_ports();
-        for ingress in 0..bridged {
+        for ingress in 0..self.ports.len() {
             let (before, rest) = self.ports.split_at_mut(ingress);
             let Some((port, after)) = rest.split_first_mut() else {
                 continue;
@@ -87,8 +132,14 @@ impl Dataplane {
             let counters = &mut self.counters;
             let management = &mut self.management;
             let forwarding = self.forwarding;
-            // With two bridged ports the only other port is the egress; the general case
-            // walks the others.
+            let holding = self.role == Some(ForwardingRole::Hold);
+            let held = &mut self.held;
+            let hold_counters = &mut self.hold_counters;
+            let mut node = duplex.as_mut().map(|d| &mut d.node);
+            let heartbeats_in = &mut self.heartbeats_in;
+            let heartbeats_refused = &mut self.heartbeats_refused;
+            let is_bridged = ingress < bridged;
+            // The other bridged ports, with their indices.
             let mut others: Vec<(usize, &mut Port)> = before
                 .iter_mut()
                 .enumerate()
@@ -101,6 +152,23 @@ impl Dataplane {
                 .filter(|(i, _)| *i < bridged)
                 .collect();
             handled += port.nic.receive(BATCH, &mut |frame| {
+                if heartbeat::is_heartbeat(frame) {
+                    // Heartbeats are the node's, never data.
+                    if let Some(node) = node.as_mut() {
+                        match node.on_heartbeat(PathId(ingress as u8), frame, now) {
+                            Ok(_) => *heartbeats_in += 1,
+                            Err(_) => *heartbeats_refused += 1,
+                        }
+                    }
+                    return;
+                }
+                if let Some(node) = node.as_mut() {
+                    node.on_interface_traffic(PathId(ingress as u8), now);
+                }
+                if !is_bridged {
+                    return;
+                }
+                bridged_bytes += frame.len() as u64;
                 let decision = bridge.decide(PortId(ingress as u16), frame, now);
                 let (flood, target, local) = match decision {
                     Decision::Forward(p) => (false, Some(p.0 as usize), false),
@@ -111,6 +179,18 @@ impl Dataplane {
                 };
                 if local && let Some(m) = management.as_mut() {
                     m.device.deliver(frame);
+                }
+                if holding && (flood || target.is_some()) {
+                    if held.len() < HOLD_MAX {
+                        held.push_back((
+                            ingress,
+                            if flood { None } else { target },
+                            frame.to_vec(),
+                        ));
+                    } else {
+                        hold_counters[0] += 1;
+                    }
+                    return;
                 }
                 if !forwarding {
                     return;
@@ -123,10 +203,112 @@ impl Dataplane {
             });
         }
         handled += self.poll_management(now);
+        if let Some(d) = duplex.as_mut() {
+            d.account(bridged_bytes, now);
+            self.run_actions(d, now);
+        }
         for port in self.ports.iter_mut() {
             port.nic.flush();
         }
         handled
+    }
+
+    /// Polls the node and carries out what it asks for.
+    fn run_actions(&mut self, duplex: &mut Duplex, now: Instant) {
+        let actions: Vec<Action> = duplex.node.poll(now).collect();
+        for action in actions {
+            match action {
+                Action::SendHeartbeat { path, frame } => {
+                    let Some(port) = self.ports.get_mut(usize::from(path.0)) else {
+                        continue;
+                    };
+                    // Heartbeats go before data: reclaim finished transmit buffers first.
+                    port.nic.flush();
+                    if port.nic.transmit(frame.as_bytes()).is_ok() {
+                        self.heartbeats_out += 1;
+                    } else {
+                        self.heartbeats_dropped += 1;
+                    }
+                    port.nic.flush();
+                }
+                Action::StateChanged(transition) => duplex.record(transition),
+                Action::SetRole(role) => {
+                    let was_holding = self.role == Some(ForwardingRole::Hold);
+                    self.role = Some(role);
+                    self.forwarding =
+                        matches!(role, ForwardingRole::Forward | ForwardingRole::PassThrough);
+                    if was_holding {
+                        self.release_held(role == ForwardingRole::Forward);
+                    }
+                }
+                Action::AnnounceTakeover { epoch } => {
+                    let forgotten = self.take_over();
+                    crate::println!(
+                        "duplex: took over (epoch {epoch}); bridge table reset ({forgotten} stations)"
+                    );
+                }
+                Action::RestartService(service) => {
+                    crate::println!("duplex: restart of service {service} requested");
+                }
+                Action::Reset => {
+                    crate::println!("duplex: reset requested by the liveness policy");
+                    duplex_arch::machine::reset();
+                }
+            }
+        }
+    }
+
+    /// Ends a hold: forwards the kept frames (still the Master) or discards them.
+    fn release_held(&mut self, forward: bool) {
+        let bridged = self.bridged_ports();
+        let held = core::mem::take(&mut self.held);
+        let count = held.len() as u64;
+        if forward {
+            for (ingress, target, frame) in held {
+                for index in (0..bridged).filter(|&i| i != ingress && target.is_none_or(|t| t == i))
+                {
+                    send(&mut self.ports[index], &mut self.counters[index], &frame);
+                }
+            }
+            for port in self.ports.iter_mut() {
+                port.nic.flush();
+            }
+            self.hold_counters[1] += count;
+        } else {
+            self.hold_counters[2] += count;
+        }
+    }
+
+    /// After a takeover. While standing by, the bridge learned from what it saw on both
+    /// sides, including the frames the old Master forwarded (on hubs and mirrored ports a
+    /// standby sees them twice), so its table may place stations on the wrong side: it
+    /// starts afresh (unknown stations are flooded until traffic teaches it again). Then
+    /// a gratuitous ARP (request and reply) for the management address makes neighbours
+    /// and switches point it at this box.
+    fn take_over(&mut self) -> usize {
+        let forgotten = self.bridge.flush();
+        let bridged = self.bridged_ports();
+        let mut frame = [0u8; 64];
+        if let Some(m) = &self.management {
+            for operation in [ArpOperation::Request, ArpOperation::Reply] {
+                if let Ok(len) =
+                    gratuitous_arp(&mut frame, operation, m.mac, m.cidr.address.into(), None)
+                {
+                    for index in 0..bridged {
+                        send(
+                            &mut self.ports[index],
+                            &mut self.counters[index],
+                            &frame[..len],
+                        );
+                    }
+                    self.announcements += 1;
+                }
+            }
+        }
+        for port in self.ports.iter_mut() {
+            port.nic.flush();
+        }
+        forgotten
     }
 
     /// Runs the management stack and sends what it produced.

@@ -12,6 +12,7 @@ extern crate alloc;
 mod console;
 mod dataplane;
 mod net;
+mod pair;
 mod shell;
 mod watchdog;
 
@@ -24,6 +25,7 @@ use duplex_arch::BootInfo;
 use duplex_arch::machine::{self, ExitCode};
 use duplex_arch::timer::{self, TickPreference, TimerInfo};
 use duplex_drivers::pci::{self, PciFunction, PortConfigSpace};
+use duplex_hal::Instant;
 use duplex_mgmt::editor::{Event, LineEditor};
 use duplex_mgmt::markers;
 use duplex_mgmt::options::{self, BootOptions, OptionError, SelfTest, TimerChoice};
@@ -54,6 +56,32 @@ pub struct System {
     pub dataplane: dataplane::Dataplane,
     /// The hardware watchdog.
     pub watchdog: watchdog::WatchdogInfo,
+    /// The Duplex node (none when standalone).
+    pub duplex: Option<pair::Duplex>,
+    /// Gaps between main-loop passes (the loop's own liveness, as the host lets it run).
+    pub loop_gaps: LoopGaps,
+}
+
+/// Counts of gaps between main-loop passes, by size.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct LoopGaps {
+    /// The longest gap.
+    pub max: core::time::Duration,
+    /// Gaps over 1, 2, 4, 8, 16 and 32 ms.
+    pub over_ms: [u64; 6],
+}
+
+impl LoopGaps {
+    /// Records one gap.
+    pub fn record(&mut self, gap: core::time::Duration) {
+        self.max = self.max.max(gap);
+        let ms = gap.as_micros() / 1000;
+        for (i, limit) in [1u128, 2, 4, 8, 16, 32].iter().enumerate() {
+            if ms >= *limit {
+                self.over_ms[i] += 1;
+            }
+        }
+    }
 }
 
 #[unsafe(no_mangle)]
@@ -130,6 +158,17 @@ fn kernel_main(boot: &'static BootInfo) -> ! {
     };
     let dataplane = dataplane::Dataplane::new(ports, management, now.as_nanos() ^ timer.tsc_hz);
     let watchdog = watchdog::init(&PCI_CONFIG, &pci, options.watchdog, options.watchdog_ms);
+    let incarnation = options.incarnation.unwrap_or_else(|| {
+        // Grows at every boot: seconds of the real-time clock, or the TSC if it is unreadable.
+        duplex_arch::rtc::unix_seconds()
+            .map_or((timer::now().as_nanos() >> 20) as u32 | 1, |s| s as u32)
+    });
+    let duplex = pair::build(&options, &dataplane.ports, incarnation, timer::now());
+    let mut dataplane = dataplane;
+    if duplex.is_some() {
+        // Until the node says otherwise, a box of a pair does not forward.
+        dataplane.forwarding = false;
+    }
     duplex_arch::hooks::set_tick(on_tick);
 
     let mut system = System {
@@ -140,6 +179,8 @@ fn kernel_main(boot: &'static BootInfo) -> ! {
         pci,
         dataplane,
         watchdog,
+        duplex,
+        loop_gaps: LoopGaps::default(),
     };
     println!(
         "{} node={} uptime_ms={}",
@@ -176,23 +217,20 @@ fn on_tick(_ticks: u64) {
     watchdog::kick_from_interrupt();
 }
 
-/// How long the loop keeps polling after the last frame before it sleeps until the next
-/// tick: traffic gets polled without a 1 ms wake-up delay, an idle box sleeps.
-const BUSY_POLL: core::time::Duration = core::time::Duration::from_millis(2);
 /// How often link states are read.
 const LINK_CHECK: core::time::Duration = core::time::Duration::from_millis(10);
 
 fn main_loop(system: &mut System) -> ! {
     let mut editor = LineEditor::new();
     let mut out = String::new();
-    let mut last_work = timer::now();
-    let mut next_link_check = last_work;
+    let mut next_link_check = timer::now();
+    let mut last_pass = next_link_check;
     console::write_bytes(markers::PROMPT.as_bytes());
     loop {
         let now = timer::now();
-        if system.dataplane.poll(now) > 0 {
-            last_work = now;
-        }
+        system.loop_gaps.record(now.saturating_since(last_pass));
+        last_pass = now;
+        let handled = system.dataplane.poll(now, &mut system.duplex);
         if now >= next_link_check {
             net::watch_links(&mut system.dataplane.ports);
             system.dataplane.bridge.poll(now);
@@ -210,8 +248,17 @@ fn main_loop(system: &mut System) -> ! {
                 }
             }
         }
-        if now.saturating_since(last_work) >= BUSY_POLL {
-            // Sleep until the next interrupt (the 1 kHz tick at the latest).
+        if handled > 0 {
+            // Rings had frames: look again at once until they are empty.
+            continue;
+        }
+        // Idle: sleep until the next interrupt (the timer wakes the loop every 125 us),
+        // unless the node is already due.
+        let deadline = system
+            .duplex
+            .as_ref()
+            .map_or(Instant::MAX, |d| d.node.poll_at());
+        if deadline > timer::now() {
             x86_64::instructions::interrupts::enable_and_hlt();
         }
     }

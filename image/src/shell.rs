@@ -20,8 +20,27 @@ macro_rules! line {
 }
 
 /// The appliance's state as the status commands report it.
-fn state_name(_system: &System) -> &'static str {
-    "Standalone"
+fn state_name(system: &System) -> alloc::string::String {
+    match &system.duplex {
+        Some(d) => alloc::format!("{}", d.node.state()),
+        None => alloc::string::String::from("Standalone"),
+    }
+}
+
+/// Runs an operator command on the node, reporting the outcome.
+fn operator(system: &mut System, command: duplex_core::OperatorCommand, out: &mut String) {
+    let Some(d) = system.duplex.as_mut() else {
+        line!(
+            out,
+            "{}this appliance runs standalone (mode=standalone or no ports)",
+            markers::ERROR
+        );
+        return;
+    };
+    match d.node.command(command, timer::now()) {
+        Ok(()) => line!(out, "ok: {command:?} (state now {})", d.node.state()),
+        Err(e) => line!(out, "{}{command:?} refused: {e:?}", markers::ERROR),
+    }
 }
 
 fn uptime_ms() -> u64 {
@@ -79,13 +98,20 @@ pub fn execute(system: &mut System, line: &str, out: &mut String) {
                 "spurious_interrupts: {}",
                 duplex_arch::cpu::spurious_interrupts()
             );
+            let g = &system.loop_gaps;
+            line!(
+                out,
+                "loop_gaps: max {} us; over 1/2/4/8/16/32 ms: {:?}",
+                g.max.as_micros(),
+                g.over_ms
+            );
         }
         Command::ShowStatus { json } => {
             if json {
                 let status = JsonObject::new()
                     .uint("node", u64::from(system.options.node))
                     .uint("uptime_ms", uptime_ms())
-                    .string("state", state_name(system))
+                    .string("state", &state_name(system))
                     .string("version", crate::VERSION)
                     .uint("ticks", timer::ticks())
                     .uint("boot_option_errors", system.option_errors.len() as u64)
@@ -163,6 +189,27 @@ pub fn execute(system: &mut System, line: &str, out: &mut String) {
                 }
             );
         }
+        Command::ShowDuplex { json } => match &system.duplex {
+            None => line!(out, "duplex: standalone (no heartbeats, always forwarding)"),
+            Some(d) if json => line!(out, "{}", d.node.status().to_json()),
+            Some(d) => {
+                d.describe(out);
+                let p = &system.dataplane;
+                line!(
+                    out,
+                    "heartbeat frames: in {} (refused {}), out {} (ring full {}); role {:?}",
+                    p.heartbeats_in,
+                    p.heartbeats_refused,
+                    p.heartbeats_out,
+                    p.heartbeats_dropped,
+                    p.role
+                );
+            }
+        },
+        Command::Failover => operator(system, duplex_core::OperatorCommand::Failover, out),
+        Command::TakeOver => operator(system, duplex_core::OperatorCommand::TakeOver, out),
+        Command::Suspend => operator(system, duplex_core::OperatorCommand::Suspend, out),
+        Command::Resume => operator(system, duplex_core::OperatorCommand::Resume, out),
         Command::Reboot => {
             line!(out, "rebooting");
             crate::console::write_bytes(out.as_bytes());

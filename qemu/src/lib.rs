@@ -9,11 +9,16 @@
 //! - [`stats`]: medians and percentiles for the benchmarks.
 //! - [`appliance`]: an appliance VM with its NICs plugged into the fabric
 //!   (`duplex-fabric`: wires, hubs, bypass relays, traffic source and sink).
+//! - [`bench_forward`]: the forwarding benchmark (rate under 0.1 % loss against the
+//!   fabric's own ceiling).
 //!
 //! The `duplex-lab` binary (`cargo lab ...`) is a thin command line over these.
 
 pub mod appliance;
+pub mod bench_forward;
+pub mod bypass_card;
 pub mod image;
+pub mod pair;
 pub mod qmp;
 pub mod stats;
 pub mod vm;

@@ -4,6 +4,8 @@ use std::io::{IsTerminal, Read, Write};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use duplex_lab::appliance::NicModel;
+use duplex_lab::pair::{NAMES, Pair, PairConfig, measure};
 use duplex_lab::stats::{median, percentile};
 use duplex_lab::vm::{Accel, Firmware, Vm, VmConfig};
 use duplex_lab::{Result, image, lab_error};
@@ -21,9 +23,18 @@ commands:
   bench boot [--runs N] [--json] [--firmware qboot|seabios]
                                 boot N times (default 10); median and p90 time from QEMU
                                 launch to the ready marker, and the image size
+  bench forward [--nic virtio|e1000] [--size 64|512|1500|1518] [--rounds N] [--trial-ms N]
+                [--max-p50-ms N] [--max-p99-ms N] [--rate FPS] [--cmdline STR] [--json]
+                                one appliance between source and sink: highest rate with
+                                loss < 0.1 % (median of N rounds, default 3), Mbit/s, latency
+                                at half that rate, and the fabric's own ceiling and the ratio
   sim [--seeds N] [--paths P] [--json]
                                 the pair simulator: detection time p50/p99 against heartbeat
                                 interval and loss, false fail-overs per hour, dual-Master time
+    demo [--nic virtio|e1000] [--rate MBPS] [--size BYTES]
+                                boot a parallel pair, run traffic, kill the Master, print the
+                                fail-over time and lost frames, restart the dead box and show
+                                it rejoin as Slave
   help                          this text
 
 QEMU runs with TCG (software emulation) unless --kvm is given.
@@ -92,6 +103,7 @@ fn main() -> ExitCode {
         "iso" => cmd_iso(args),
         "bench" => cmd_bench(args),
         "sim" => cmd_sim(args),
+        "demo" => cmd_demo(args),
         "help" | "--help" | "-h" => {
             print!("{USAGE}");
             Ok(())
@@ -109,12 +121,122 @@ fn main() -> ExitCode {
     }
 }
 
+fn nic_option(args: &mut Args) -> Result<NicModel> {
+    match args.value("--nic")? {
+        None => Ok(NicModel::Virtio),
+        Some(v) => {
+            NicModel::parse(&v).ok_or_else(|| lab_error!("--nic: '{v}' is not virtio or e1000"))
+        }
+    }
+}
+
+fn cmd_demo(mut args: Args) -> Result {
+    let nic = nic_option(&mut args)?;
+    let rate = args.number("--rate", 10.0f64)?;
+    let size = args.number("--size", 512usize)?;
+    args.finish()?;
+    let started = Instant::now();
+    let step = |what: &str| eprintln!("[demo {:5.1} s] {what}", started.elapsed().as_secs_f64());
+    step(&format!(
+        "booting a parallel pair ({} NICs): A then B",
+        nic.name()
+    ));
+    let mut pair = Pair::start(PairConfig {
+        nic,
+        ..PairConfig::default()
+    })?;
+    step(&format!("A is {}, B is {}", pair.state(0)?, pair.state(1)?));
+    let traffic = Duration::from_secs(6);
+    step(&format!(
+        "traffic: {rate} Mbit/s of {size}-byte frames from the LAN source to the WAN sink for {} s",
+        traffic.as_secs()
+    ));
+    let source = pair.start_traffic(rate, size, traffic)?;
+    std::thread::sleep(Duration::from_secs(2));
+    let master = pair
+        .master()?
+        .ok_or_else(|| lab_error!("no single Master before the fault"))?;
+    let standby = 1 - master;
+    step(&format!(
+        "killing the Master, {} (QEMU killed: power loss)",
+        NAMES[master]
+    ));
+    let fault = pair.kill(master)?;
+    pair.wait_state(standby, "Master")?;
+    step(&format!(
+        "{} is Master now; waiting for the traffic to end",
+        NAMES[standby]
+    ));
+    let source_report = source.wait()?;
+    pair.sink
+        .wait_quiet(Duration::from_millis(300), Duration::from_secs(5));
+    let report = pair.sink.report();
+    let m = measure(
+        &report,
+        &source_report,
+        fault,
+        pair.wan_port(master),
+        pair.wan_port(standby),
+    )?;
+    println!();
+    println!(
+        "fail-over: {:.2} ms from the last frame forwarded by {} to the first forwarded by {}",
+        m.failover_ms, NAMES[master], NAMES[standby]
+    );
+    println!(
+        "lost frames: {} of {} sent ({:.3} %), duplicated: {}",
+        m.lost,
+        m.sent,
+        100.0 * m.lost as f64 / m.sent.max(1) as f64,
+        m.duplicated
+    );
+    let budget = rate * 1e6 / (8.0 * size as f64) * m.failover_ms / 1e3;
+    println!(
+        "(the paper: 101 ms idle to 1287 ms at 100 Mbit/s; lost frames at this rate for this fail-over time: {budget:.0})"
+    );
+    println!();
+    if std::env::var_os("DUPLEX_DEMO_VERBOSE").is_some() {
+        for index in 0..2 {
+            if let Ok(vm) = pair.vm(index) {
+                for line in vm
+                    .console_text()
+                    .lines()
+                    .filter(|l| l.starts_with("duplex:"))
+                {
+                    eprintln!("  {}: {line}", NAMES[index]);
+                }
+                if let Ok(stats) = vm.command("stats", Duration::from_secs(5)) {
+                    for line in stats.lines().filter(|l| l.starts_with("loop_gaps")) {
+                        eprintln!("  {}: {line}", NAMES[index]);
+                    }
+                }
+            }
+        }
+    }
+    step(&format!("restarting {}", NAMES[master]));
+    pair.restart(master)?;
+    pair.wait_state(master, "Slave")?;
+    step(&format!(
+        "{} rejoined as {}; {} stays {}",
+        NAMES[master],
+        pair.state(master)?,
+        NAMES[standby],
+        pair.state(standby)?
+    ));
+    step("done");
+    Ok(())
+}
+
 fn cmd_sim(mut args: Args) -> Result {
     let seeds = args.number("--seeds", 200u32)?.max(1);
     let paths = args.number("--paths", 1usize)?.clamp(1, 4);
     let json = args.flag("--json");
     args.finish()?;
-    let config = duplex_core::sim::BenchConfig { seeds, paths, ..Default::default() };
+    let config = duplex_core::sim::BenchConfig {
+        seeds,
+        paths,
+        ..Default::default()
+    };
     eprintln!(
         "[lab] simulating {} nodes, {paths} heartbeat path(s), {seeds} seeds per row (virtual time)...",
         config.nodes
@@ -122,7 +244,11 @@ fn cmd_sim(mut args: Args) -> Result {
     let started = Instant::now();
     let rows = duplex_core::sim::benchmark(&config);
     print!("{}", duplex_core::sim::render_table(&rows));
-    println!("({} rows in {:.1} s of host time)", rows.len(), started.elapsed().as_secs_f64());
+    println!(
+        "({} rows in {:.1} s of host time)",
+        rows.len(),
+        started.elapsed().as_secs_f64()
+    );
     if json {
         println!("{}", duplex_core::sim::render_json(&rows));
     }
@@ -239,12 +365,15 @@ impl Drop for RawTerminal {
 
 fn cmd_bench(mut args: Args) -> Result {
     if args.words.is_empty() {
-        return Err(lab_error!("bench needs a benchmark name: boot"));
+        return Err(lab_error!("bench needs a benchmark name: boot, forward"));
     }
     let which = args.words.remove(0);
     match which.as_str() {
         "boot" => bench_boot(args),
-        other => Err(lab_error!("unknown benchmark '{other}' (known: boot)")),
+        "forward" => duplex_lab::bench_forward::command(std::mem::take(&mut args.words)),
+        other => Err(lab_error!(
+            "unknown benchmark '{other}' (known: boot, forward)"
+        )),
     }
 }
 

@@ -26,6 +26,7 @@ pub mod cpu;
 pub mod hooks;
 pub mod machine;
 pub mod memory;
+pub mod rtc;
 pub mod timer;
 
 pub use bootinfo::BootInfo;

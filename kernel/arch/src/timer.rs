@@ -5,15 +5,21 @@
 //!   arriving, so a late or lost tick does not bend time.
 //! - The tick comes from the local APIC timer where the CPU has one (calibrated in the
 //!   same 10 ms window), else from PIT channel 0 through the 8259 PIC. Either way it is
-//!   vector [`TIMER_VECTOR`](crate::cpu::TIMER_VECTOR) at 1 kHz.
+//!   vector [`TIMER_VECTOR`](crate::cpu::TIMER_VECTOR) at 8 kHz; every eighth interrupt
+//!   is a tick of the 1 kHz clock that [`ticks`] counts and the tick hook sees.
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use duplex_hal::{Clock, Instant};
 use x86_64::instructions::port::Port;
 
-/// Tick rate in Hz.
+/// Tick rate in Hz: the rate of [`ticks`] and of the tick hook.
 pub const TICK_HZ: u64 = 1000;
+/// Timer interrupts per tick. The interrupt runs at `TICK_HZ * WAKES_PER_TICK` (8 kHz) so
+/// that the main loop, which sleeps in `hlt` when it has nothing to do, wakes every
+/// 125 us to poll its NICs (they run without interrupts); the tick hook runs on every
+/// eighth interrupt.
+pub const WAKES_PER_TICK: u64 = 8;
 const PIT_HZ: u64 = 1_193_182;
 const CALIBRATION_MS: u64 = 10;
 const LAPIC_BASE: usize = 0xfee0_0000;
@@ -26,6 +32,7 @@ const LAPIC_CURRENT_COUNT: usize = 0x390;
 const LAPIC_DIVIDE: usize = 0x3e0;
 
 static TICKS: AtomicU64 = AtomicU64::new(0);
+static WAKES: AtomicU64 = AtomicU64::new(0);
 static TSC_BASE: AtomicU64 = AtomicU64::new(0);
 static TSC_HZ: AtomicU64 = AtomicU64::new(0);
 /// ns = (tsc_delta * MULT) >> 32
@@ -220,8 +227,8 @@ pub fn init(preference: TickPreference) -> TimerInfo {
     );
     TSC_BASE.store(rdtsc(), Ordering::Relaxed);
 
-    let per_tick =
-        (u128::from(apic) * u128::from(PIT_HZ) / (u128::from(pit) * u128::from(TICK_HZ))) as u64;
+    let per_tick = (u128::from(apic) * u128::from(PIT_HZ)
+        / (u128::from(pit) * u128::from(TICK_HZ * WAKES_PER_TICK))) as u64;
     if lapic && per_tick > 0 {
         USE_LAPIC.store(true, Ordering::Relaxed);
         LAPIC_COUNT_PER_TICK.store(per_tick, Ordering::Relaxed);
@@ -239,7 +246,8 @@ pub fn init(preference: TickPreference) -> TimerInfo {
             lapic_count_per_tick: per_tick,
         }
     } else {
-        let divisor = ((PIT_HZ + TICK_HZ / 2) / TICK_HZ) as u16;
+        let rate = TICK_HZ * WAKES_PER_TICK;
+        let divisor = ((PIT_HZ + rate / 2) / rate) as u16;
         // SAFETY: 0x34 selects channel 0, lobyte/hibyte, mode 2 (rate generator).
         unsafe {
             outb(0x43, 0x34);
@@ -263,8 +271,16 @@ pub fn init(preference: TickPreference) -> TimerInfo {
 
 /// Called by the dispatcher on every timer interrupt.
 pub(crate) fn on_tick() {
-    let ticks = TICKS.fetch_add(1, Ordering::Relaxed) + 1;
-    crate::hooks::tick(ticks);
+    let wakes = WAKES.fetch_add(1, Ordering::Relaxed) + 1;
+    if wakes % WAKES_PER_TICK == 0 {
+        let ticks = TICKS.fetch_add(1, Ordering::Relaxed) + 1;
+        crate::hooks::tick(ticks);
+    }
+}
+
+/// Timer interrupts taken since boot (`WAKES_PER_TICK` per tick).
+pub fn wakes() -> u64 {
+    WAKES.load(Ordering::Relaxed)
 }
 
 /// Acknowledges an interrupt at the controller that raised it.

@@ -140,6 +140,18 @@ impl Timing {
         }
     }
 
+    /// A gap in the node's own execution longer than this means every live peer has
+    /// declared it dead: `soft_timeout_max + hard_extension_max` (SPEC §4.5).
+    pub fn long_freeze(&self) -> Duration {
+        self.soft_timeout_max + self.hard_extension_max
+    }
+
+    /// How long a claimer holds its traffic after a short freeze (SPEC §4.5):
+    /// `soft_timeout_min`, enough for a peer's claim to arrive from the backlog.
+    pub fn hold_time(&self) -> Duration {
+        self.soft_timeout_min
+    }
+
     /// `soft_timeout_min + hard_extension_min - interval`: a gap in the node's own execution
     /// longer than this means a peer may have declared it dead (SPEC §4.5).
     pub fn freeze_threshold(&self) -> Duration {

@@ -182,6 +182,8 @@ pub struct Node {
     load_bits_per_second: u64,
     log_position: u64,
     yield_until: Option<Instant>,
+    /// End of the post-freeze hold of a claimer (SPEC §4.5).
+    hold_until: Option<Instant>,
     probe_deadline: Instant,
     confirm_deadline: Instant,
     orphan_since: Option<Instant>,
@@ -238,6 +240,7 @@ impl Node {
             load_bits_per_second: 0,
             log_position: 0,
             yield_until: None,
+            hold_until: None,
             probe_deadline,
             confirm_deadline: now,
             orphan_since: None,
@@ -530,6 +533,10 @@ impl Node {
             self.yield_until = None;
         }
         self.evaluate(now);
+        if self.hold_until.is_some_and(|t| now >= t) {
+            self.hold_until = None;
+            self.update_role();
+        }
         self.send(now);
         self.actions.drain(..)
     }
@@ -581,6 +588,9 @@ impl Node {
             consider(since + timing.probe_duration);
         }
         if let Some(t) = self.yield_until {
+            consider(t);
+        }
+        if let Some(t) = self.hold_until {
             consider(t);
         }
         if let Some(t) = self.interface_retry_at {
@@ -729,14 +739,15 @@ impl Node {
     /// Clamps `now` to be monotonic and detects a freeze of this node (SPEC §4.5).
     fn advance(&mut self, now: Instant) -> Instant {
         let now = now.max(self.last_now);
-        if now.saturating_since(self.last_now) > self.config.timing.freeze_threshold() {
-            self.on_freeze(now);
+        let gap = now.saturating_since(self.last_now);
+        if gap > self.config.timing.freeze_threshold() {
+            self.on_freeze(now, gap);
         }
         self.last_now = now;
         now
     }
 
-    fn on_freeze(&mut self, now: Instant) {
+    fn on_freeze(&mut self, now: Instant, gap: Duration) {
         self.freezes += 1;
         self.resumed_at = now;
         for s in &mut self.services {
@@ -745,8 +756,37 @@ impl Node {
             }
         }
         if self.state.is_claimer() {
-            self.master = None;
-            self.transition(State::Probe, Cause::Frozen, now);
+            if gap > self.config.timing.long_freeze() {
+                // Every live peer has declared this node dead: step down at once.
+                self.master = None;
+                self.transition(State::Probe, Cause::Frozen, now);
+            } else {
+                // A peer may or may not have taken over: hold the traffic (forward
+                // nothing) while the backlog of heartbeats comes in. A newer claim makes
+                // this node step down (LostContention) and drop what it held; none makes
+                // it forward what it held when the hold ends.
+                self.hold_until = Some(now + self.config.timing.hold_time());
+                self.update_role();
+            }
+        }
+    }
+
+    /// The forwarding role of the current state, `Hold` while a post-freeze hold runs.
+    fn current_role(&self) -> ForwardingRole {
+        let role = ForwardingRole::of(self.config.mode, self.state);
+        if role == ForwardingRole::Forward && self.hold_until.is_some() {
+            ForwardingRole::Hold
+        } else {
+            role
+        }
+    }
+
+    /// Emits `SetRole` when the role changed.
+    fn update_role(&mut self) {
+        let role = self.current_role();
+        if role != self.role {
+            self.role = role;
+            self.actions.push(Action::SetRole(role));
         }
     }
 
@@ -1183,11 +1223,10 @@ impl Node {
         };
         self.last_transition = Some(transition);
         self.actions.push(Action::StateChanged(transition));
-        let role = ForwardingRole::of(mode, to);
-        if role != self.role {
-            self.role = role;
-            self.actions.push(Action::SetRole(role));
+        if !to.is_claimer() {
+            self.hold_until = None;
         }
+        self.update_role();
         self.urgent_round = true;
         match to {
             State::Probe => {

@@ -170,6 +170,11 @@ pub enum ForwardingRole {
     Bypass,
     /// Neither forward nor keep.
     Drop,
+    /// A claimer that has just resumed from a short freeze (SPEC §4.5): keep what arrives,
+    /// transmit nothing, until the hold ends. If the node is still the Master then, the
+    /// image forwards what it kept; if it stepped down, it discards it (the new Master
+    /// forwarded its own copies).
+    Hold,
 }
 
 impl ForwardingRole {
@@ -194,6 +199,7 @@ impl ForwardingRole {
             ForwardingRole::PassThrough => "pass-through",
             ForwardingRole::Bypass => "bypass",
             ForwardingRole::Drop => "drop",
+            ForwardingRole::Hold => "hold",
         }
     }
 }

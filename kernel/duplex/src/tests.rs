@@ -477,14 +477,15 @@ scenarios! {
         s.now += Duration::from_millis(1);
         s.poll();
         assert_eq!(s.state(), State::QuasiMaster);
-        s.now += Duration::from_millis(4) + Duration::from_nanos(1);
+        // Longer than every peer's hard timeout: step down at once.
+        s.now += Duration::from_millis(16) + Duration::from_nanos(1);
         s.poll();
         s.expect(State::Probe, Cause::Frozen);
         let mut m = Script::master_alone(PA);
         m.now += Duration::from_millis(4);
         m.poll();
         assert_eq!(m.state(), State::Master, "a gap of exactly the threshold is not a freeze");
-        m.now += Duration::from_millis(5);
+        m.now += Duration::from_millis(17);
         m.poll();
         m.expect(State::Probe, Cause::Frozen);
         assert_eq!(m.node.role(), ForwardingRole::Buffer);
@@ -664,7 +665,7 @@ scenarios! {
         s.hear(newer);
         s.expect(State::Slave, Cause::LostContention);
         let mut t = Script::master_alone(SE);
-        t.now += Duration::from_millis(10);
+        t.now += Duration::from_millis(17);
         t.poll();
         t.expect(State::Probe, Cause::Frozen);
         s.seen.extend(t.seen);
@@ -1257,4 +1258,39 @@ fn serial_outer_port_is_watched_but_carries_no_heartbeats() {
         Node::new(bad, Instant::ZERO),
         Err(Error::InvalidConfig(_))
     ));
+}
+
+#[test]
+fn a_short_freeze_holds_traffic_then_forwards_again() {
+    // Between freeze_threshold (4 ms) and long_freeze (16 ms): the Master stays Master,
+    // holds its traffic for hold_time, and forwards again when no newer claim came.
+    let mut m = Script::master_alone(PA);
+    m.now += Duration::from_millis(8);
+    m.poll();
+    assert_eq!(m.state(), State::Master);
+    assert_eq!(m.node.role(), ForwardingRole::Hold);
+    m.now += Duration::from_millis(2);
+    m.poll();
+    assert_eq!(
+        m.node.role(),
+        ForwardingRole::Hold,
+        "still inside the 3 ms hold"
+    );
+    m.now += Duration::from_millis(1);
+    m.poll();
+    assert_eq!(m.state(), State::Master);
+    assert_eq!(m.node.role(), ForwardingRole::Forward);
+}
+
+#[test]
+fn a_short_freeze_with_a_newer_claim_steps_down_without_forwarding() {
+    let mut m = Script::master_alone(PA);
+    m.now += Duration::from_millis(8);
+    m.poll();
+    assert_eq!(m.node.role(), ForwardingRole::Hold);
+    // The peer took over while this node was away: its claim comes from the backlog.
+    let newer = m.add(Fake::new(2, 100).claims(State::Master, 5));
+    m.hear(newer);
+    m.expect(State::Slave, Cause::LostContention);
+    assert_eq!(m.node.role(), ForwardingRole::Buffer);
 }

@@ -34,6 +34,19 @@ pub enum Command {
     ShowBridge,
     /// `show watchdog`: the hardware watchdog in use.
     ShowWatchdog,
+    /// `show duplex [--json]`: state, epoch, peers, per-path health, last transition, timers.
+    ShowDuplex {
+        /// One JSON line instead of text.
+        json: bool,
+    },
+    /// `failover`: hand mastership to the peer on purpose.
+    Failover,
+    /// `takeover`: a standby claims mastership now.
+    TakeOver,
+    /// `suspend`: take this node out until `resume`.
+    Suspend,
+    /// `resume`: undo `suspend`.
+    Resume,
 }
 
 /// Every command with its one-line help, in the order `help` lists them.
@@ -47,11 +60,25 @@ pub const HELP: &[(&str, &str)] = &[
         "show status [--json]",
         "node, uptime and state (--json: one line for scripts)",
     ),
+    (
+        "show interfaces",
+        "ports, link state, driver and bridge counters",
+    ),
+    ("show bridge", "the bridge's MAC table"),
+    ("show watchdog", "the hardware watchdog in use"),
+    (
+        "show duplex [--json]",
+        "duplex state, epoch, peers, path health, last transition, timers",
+    ),
+    ("failover", "Master: hand mastership to the best standby"),
+    ("takeover", "standby: claim mastership now"),
+    ("suspend", "take this node out of service until resume"),
+    ("resume", "put a suspended node back in service"),
     ("reboot", "reset the appliance"),
 ];
 
 /// The topics of `show`.
-const SHOW_TOPICS: &str = "status, interfaces, bridge, watchdog";
+const SHOW_TOPICS: &str = "status, interfaces, bridge, watchdog, duplex";
 
 /// Why a line is not a command.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -101,6 +128,10 @@ pub fn parse(line: &str) -> Result<Option<Command>, CommandError> {
         "pci" => no_arguments(first, rest, Command::Pci)?,
         "stats" => no_arguments(first, rest, Command::Stats)?,
         "reboot" => no_arguments(first, rest, Command::Reboot)?,
+        "failover" => no_arguments(first, rest, Command::Failover)?,
+        "takeover" => no_arguments(first, rest, Command::TakeOver)?,
+        "suspend" => no_arguments(first, rest, Command::Suspend)?,
+        "resume" => no_arguments(first, rest, Command::Resume)?,
         "show" => match rest.split_first() {
             Some((&"status", flags)) => Command::ShowStatus {
                 json: json_flag("show status", flags)?,
@@ -109,6 +140,9 @@ pub fn parse(line: &str) -> Result<Option<Command>, CommandError> {
                 no_arguments("show interfaces", rest, Command::ShowInterfaces)?
             }
             Some((&"bridge", rest)) => no_arguments("show bridge", rest, Command::ShowBridge)?,
+            Some((&"duplex", flags)) => Command::ShowDuplex {
+                json: json_flag("show duplex", flags)?,
+            },
             Some((&"watchdog", rest)) => {
                 no_arguments("show watchdog", rest, Command::ShowWatchdog)?
             }

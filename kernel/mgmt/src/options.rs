@@ -72,6 +72,31 @@ pub struct BootOptions {
     pub watchdog: WatchdogChoice,
     /// Hardware watchdog timeout in ms (`watchdog_ms=N`); `None`: the device's default.
     pub watchdog_ms: Option<u32>,
+    /// Duplex mode (`mode=parallel|serial|standalone`).
+    pub mode: DuplexMode,
+    /// Priority in the election, higher wins (`priority=0..255`).
+    pub priority: u8,
+    /// Duplex group number, 1-65535 (`group=N`).
+    pub group: u16,
+    /// The pair's shared secret for heartbeat authentication (`key=TEXT`, at least 8
+    /// characters); `None`: a built-in lab key (the console warns).
+    pub key: Option<String>,
+    /// Heartbeat interval in microseconds (`hb_us=N`, 250-100000).
+    pub heartbeat_us: u32,
+    /// Boot incarnation override (`incarnation=N`); `None`: from the real-time clock.
+    pub incarnation: Option<u32>,
+}
+
+/// How the appliance runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DuplexMode {
+    /// One box of a parallel pair (both see the same LAN and WAN).
+    #[default]
+    Parallel,
+    /// One box of a serial pair (in series, each with a bypass relay).
+    Serial,
+    /// A single bridge: no heartbeats, always forwarding.
+    Standalone,
 }
 
 impl Default for BootOptions {
@@ -83,6 +108,12 @@ impl Default for BootOptions {
             ip: None,
             watchdog: WatchdogChoice::Auto,
             watchdog_ms: None,
+            mode: DuplexMode::Parallel,
+            priority: 100,
+            group: 1,
+            key: None,
+            heartbeat_us: 1000,
+            incarnation: None,
         }
     }
 }
@@ -95,6 +126,12 @@ pub const KNOWN_KEYS: &[(&str, &str)] = &[
     ("ip", "an IPv4 address with prefix, like 10.0.0.1/24"),
     ("watchdog", "auto, itco, i6300esb or none"),
     ("watchdog_ms", "a timeout in ms, 1-3600000"),
+    ("mode", "parallel, serial or standalone"),
+    ("priority", "a priority 0-255 (higher wins)"),
+    ("group", "a group number 1-65535"),
+    ("key", "a shared secret of 8-64 printable characters"),
+    ("hb_us", "a heartbeat interval in microseconds, 250-100000"),
+    ("incarnation", "a boot number 1-4294967295"),
 ];
 
 /// One rejected word of the command line.
@@ -192,6 +229,35 @@ pub fn parse(cmdline: &str) -> (BootOptions, Vec<OptionError>) {
                 "none" => options.watchdog = WatchdogChoice::None,
                 _ => errors.push(reject(bad_value())),
             },
+            "mode" => match value {
+                "parallel" => options.mode = DuplexMode::Parallel,
+                "serial" => options.mode = DuplexMode::Serial,
+                "standalone" => options.mode = DuplexMode::Standalone,
+                _ => errors.push(reject(bad_value())),
+            },
+            "priority" => match value.parse::<u8>() {
+                Ok(p) => options.priority = p,
+                _ => errors.push(reject(bad_value())),
+            },
+            "group" => match value.parse::<u16>() {
+                Ok(g) if g >= 1 => options.group = g,
+                _ => errors.push(reject(bad_value())),
+            },
+            "key" => {
+                if (8..=64).contains(&value.len()) {
+                    options.key = Some(String::from(value));
+                } else {
+                    errors.push(reject(bad_value()));
+                }
+            }
+            "hb_us" => match value.parse::<u32>() {
+                Ok(us) if (250..=100_000).contains(&us) => options.heartbeat_us = us,
+                _ => errors.push(reject(bad_value())),
+            },
+            "incarnation" => match value.parse::<u32>() {
+                Ok(n) if n >= 1 => options.incarnation = Some(n),
+                _ => errors.push(reject(bad_value())),
+            },
             "watchdog_ms" => match value.parse::<u32>() {
                 Ok(ms) if (1..=3_600_000).contains(&ms) => options.watchdog_ms = Some(ms),
                 _ => errors.push(reject(bad_value())),
@@ -233,6 +299,21 @@ mod tests {
                 prefix: 24
             })
         );
+    }
+
+    #[test]
+    fn duplex_options() {
+        let (o, e) =
+            parse("mode=serial priority=200 group=7 key=sekrit-pass hb_us=2000 incarnation=9");
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!(o.mode, DuplexMode::Serial);
+        assert_eq!(
+            (o.priority, o.group, o.heartbeat_us, o.incarnation),
+            (200, 7, 2000, Some(9))
+        );
+        assert_eq!(o.key.as_deref(), Some("sekrit-pass"));
+        let (_, e) = parse("mode=triple priority=256 group=0 key=short hb_us=10 incarnation=0");
+        assert_eq!(e.len(), 6, "{e:?}");
     }
 
     #[test]

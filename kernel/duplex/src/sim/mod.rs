@@ -437,6 +437,14 @@ impl Sim {
         &self.forwarders
     }
 
+    /// The most nodes that forwarded at the same instant within `[from, self.now()]`.
+    pub fn max_forwarders_since(&self, from: Instant) -> u8 {
+        self.segments(from, self.now)
+            .map(|(_, _, count)| count)
+            .max()
+            .unwrap_or(0)
+    }
+
     /// True if exactly one running node forwarded at every instant of `[from, self.now()]`.
     pub fn single_forwarder_since(&self, from: Instant) -> bool {
         self.segments(from, self.now)

@@ -1,0 +1,357 @@
+//! Two appliances as a Duplex pair on the lab's fabric, with fault injection.
+//!
+//! Parallel topology: `source - [LAN hub] - A.lan, B.lan` and `A.wan, B.wan - [WAN hub] -
+//! sink`, plus a dedicated heartbeat wire `A.link - B.link`. The source sends numbered UDP
+//! frames to the sink's MAC; the sink records which box's WAN port each frame came
+//! from, so a fail-over shows as a switch of origin (`Transition`).
+
+use std::net::Ipv4Addr;
+use std::time::{Duration, Instant};
+
+use duplex_fabric::{
+    Direction, Fabric, MacAddress, PortId, Rate, Sink, SinkReport, Source, SourceConfig,
+    SourceReport, TrafficSpec, clock,
+};
+
+use crate::appliance::{Appliance, NicModel};
+use crate::image;
+use crate::vm::{Accel, Vm, VmConfig};
+use crate::{Result, lab_error};
+
+/// The heartbeat EtherType (filtered for `partition`).
+pub const HEARTBEAT_ETHERTYPE: u16 = 0x88b5;
+/// The source's MAC (on the LAN side).
+pub const SOURCE_MAC: MacAddress = MacAddress([0x02, 0x53, 0x52, 0x43, 0x00, 0x01]);
+/// The sink's MAC (on the WAN side).
+pub const SINK_MAC: MacAddress = MacAddress([0x02, 0x53, 0x4e, 0x4b, 0x00, 0x01]);
+
+/// How to build the pair.
+#[derive(Debug, Clone)]
+pub struct PairConfig {
+    /// NIC model of every NIC.
+    pub nic: NicModel,
+    /// Heartbeat interval in microseconds.
+    pub heartbeat_us: u32,
+    /// Extra boot options for both boxes.
+    pub extra_cmdline: String,
+    /// A dedicated heartbeat link between the boxes.
+    pub dedicated_link: bool,
+    /// TCG or KVM.
+    pub accel: Accel,
+    /// Deadline for boots and state changes.
+    pub timeout: Duration,
+}
+
+impl Default for PairConfig {
+    fn default() -> Self {
+        PairConfig {
+            nic: NicModel::Virtio,
+            heartbeat_us: 1000,
+            extra_cmdline: String::new(),
+            dedicated_link: true,
+            accel: Accel::Tcg,
+            timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The boxes' names.
+pub const NAMES: [&str; 2] = ["A", "B"];
+
+/// One box: its VM (when running) and the fabric ports it plugs into.
+pub struct Box_ {
+    /// "A" or "B".
+    pub name: &'static str,
+    /// The VM, `None` after `kill`.
+    pub appliance: Option<Appliance>,
+    config: VmConfig,
+    ports: Vec<duplex_fabric::VmPort>,
+}
+
+/// A running pair.
+pub struct Pair {
+    /// The fabric.
+    pub fabric: Fabric,
+    /// A and B.
+    pub boxes: [Box_; 2],
+    /// The traffic source's port (on the LAN hub).
+    pub source_port: PortId,
+    /// The sink's port (on the WAN hub).
+    pub sink_port: PortId,
+    /// The sink.
+    pub sink: Sink,
+    config: PairConfig,
+}
+
+/// A box's state as `show status --json` reports it.
+pub fn state_of(vm: &mut Vm) -> Result<String> {
+    let out = vm.command("show status --json", Duration::from_secs(10))?;
+    let line = out
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .ok_or_else(|| lab_error!("no JSON from {}: {out}", vm.name()))?;
+    let value: serde_json::Value = serde_json::from_str(line)
+        .map_err(|e| lab_error!("bad JSON from {}: {e}: {line}", vm.name()))?;
+    Ok(value["state"].as_str().unwrap_or("?").to_string())
+}
+
+impl Pair {
+    /// Boots A (node 1, priority 200) and B (node 2, priority 100) and waits until one is
+    /// Master and the other Slave.
+    pub fn start(config: PairConfig) -> Result<Pair> {
+        let kernel = image::build()?;
+        let fabric = Fabric::new()?;
+        let sink = Sink::new();
+        let source_port = fabric.add_internal_port("source", duplex_fabric::Discard)?;
+        let sink_port = fabric.add_internal_port("sink", sink.clone())?;
+        let mut nics = vec!["lan", "wan"];
+        if config.dedicated_link {
+            nics.push("link");
+        }
+        let mut boxes = Vec::new();
+        for (index, name) in NAMES.iter().enumerate() {
+            let node = index as u8 + 1;
+            let priority = if index == 0 { 200 } else { 100 };
+            let mut vm = VmConfig::new(name, &kernel).cmdline(&format!(
+                "node={node} priority={priority} mode=parallel hb_us={} key=duplex-lab-pair-key {}",
+                config.heartbeat_us, config.extra_cmdline
+            ));
+            vm.accel = config.accel;
+            vm.lifetime = Duration::from_secs(3600);
+            let mut ports = Vec::new();
+            for (nic_index, nic) in nics.iter().enumerate() {
+                let port = fabric.add_vm_port(
+                    &format!("{name}.{nic}"),
+                    crate::appliance::nic_mac(node, nic_index as u8),
+                )?;
+                vm.extra_args
+                    .extend(port.qemu_args(&format!("n{nic_index}"), config.nic.qemu_device()));
+                ports.push(port);
+            }
+            boxes.push(Box_ {
+                name,
+                appliance: None,
+                config: vm,
+                ports,
+            });
+        }
+        fabric.hub(&[source_port, boxes[0].ports[0].id, boxes[1].ports[0].id])?;
+        fabric.hub(&[boxes[0].ports[1].id, boxes[1].ports[1].id, sink_port])?;
+        if config.dedicated_link {
+            fabric.wire(boxes[0].ports[2].id, boxes[1].ports[2].id)?;
+        }
+        let [a, b]: [Box_; 2] = boxes.try_into().map_err(|_| lab_error!("two boxes"))?;
+        let mut pair = Pair {
+            fabric,
+            boxes: [a, b],
+            source_port,
+            sink_port,
+            sink,
+            config,
+        };
+        // A first, so that it is the first to finish probing and becomes Master.
+        pair.boot(0)?;
+        pair.wait_state(0, "Master")?;
+        pair.boot(1)?;
+        pair.wait_state(1, "Slave")?;
+        Ok(pair)
+    }
+
+    /// Boots box `index` (again) with its ports and waits for its ready marker.
+    pub fn boot(&mut self, index: usize) -> Result {
+        let b = &mut self.boxes[index];
+        b.appliance = None;
+        let vm = Vm::launch(&b.config)?;
+        vm.wait_ready(self.config.timeout)?;
+        b.appliance = Some(Appliance {
+            vm,
+            ports: b.ports.clone(),
+        });
+        Ok(())
+    }
+
+    /// The VM of box `index`.
+    pub fn vm(&mut self, index: usize) -> Result<&mut Vm> {
+        let name = self.boxes[index].name;
+        self.boxes[index]
+            .appliance
+            .as_mut()
+            .map(|a| &mut a.vm)
+            .ok_or_else(|| lab_error!("box {name} is not running"))
+    }
+
+    /// The state of box `index` (`"down"` when not running).
+    pub fn state(&mut self, index: usize) -> Result<String> {
+        match self.boxes[index].appliance.as_mut() {
+            None => Ok("down".to_string()),
+            Some(a) => state_of(&mut a.vm),
+        }
+    }
+
+    /// Waits until box `index` reports `state`.
+    pub fn wait_state(&mut self, index: usize, state: &str) -> Result {
+        let deadline = Instant::now() + self.config.timeout;
+        loop {
+            let now_state = self.state(index)?;
+            if now_state == state {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(lab_error!(
+                    "box {} is {now_state}, not {state}, after {:?}",
+                    NAMES[index],
+                    self.config.timeout
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Which box is Master, if exactly one is.
+    pub fn master(&mut self) -> Result<Option<usize>> {
+        let states = [self.state(0)?, self.state(1)?];
+        let masters: Vec<usize> = (0..2).filter(|&i| states[i] == "Master").collect();
+        Ok(if masters.len() == 1 {
+            Some(masters[0])
+        } else {
+            None
+        })
+    }
+
+    /// Box index by name ("A"/"B", case-insensitive).
+    pub fn index_of(name: &str) -> Result<usize> {
+        NAMES
+            .iter()
+            .position(|n| n.eq_ignore_ascii_case(name))
+            .ok_or_else(|| lab_error!("no box '{name}' (A or B)"))
+    }
+
+    /// The fabric port named like "A.lan".
+    pub fn port(&self, name: &str) -> Result<PortId> {
+        self.fabric
+            .port_by_name(name)
+            .ok_or_else(|| lab_error!("no port '{name}'"))
+    }
+
+    /// `kill`: QEMU dies at once (power loss). Returns the fabric clock at the kill.
+    pub fn kill(&mut self, index: usize) -> Result<u64> {
+        let vm = self.vm(index)?;
+        let at = clock::now_ns();
+        vm.kill();
+        self.boxes[index].appliance = None;
+        Ok(at)
+    }
+
+    /// `freeze`: the VM stops (QMP stop): a hung box. Returns the fabric clock.
+    pub fn freeze(&mut self, index: usize) -> Result<u64> {
+        let vm = self.vm(index)?;
+        let at = clock::now_ns();
+        vm.qmp().execute("stop", None, Duration::from_secs(10))?;
+        Ok(at)
+    }
+
+    /// `thaw`: the VM runs again (QMP cont).
+    pub fn thaw(&mut self, index: usize) -> Result<u64> {
+        let vm = self.vm(index)?;
+        let at = clock::now_ns();
+        vm.qmp().execute("cont", None, Duration::from_secs(10))?;
+        Ok(at)
+    }
+
+    /// `cut X.lan` / `mend X.lan`: the wire to that NIC goes down or up.
+    pub fn set_port(&mut self, port: &str, up: bool) -> Result<u64> {
+        let id = self.port(port)?;
+        let at = clock::now_ns();
+        self.fabric.set_up(id, up)?;
+        Ok(at)
+    }
+
+    /// `partition` / `heal`: heartbeats between the boxes are dropped on every path (or
+    /// only on `path`, e.g. "lan"), both ways; data still flows.
+    pub fn partition(&mut self, path: Option<&str>, on: bool) -> Result {
+        for port in &self.boxes[0].ports {
+            let nic = port.name.split('.').nth(1).unwrap_or("");
+            if path.is_none_or(|p| p == nic) {
+                self.fabric.set_filter(port.id, HEARTBEAT_ETHERTYPE, on)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `restart`: kill if running, boot again, wait for ready.
+    pub fn restart(&mut self, index: usize) -> Result {
+        if self.boxes[index].appliance.is_some() {
+            self.kill(index)?;
+        }
+        self.boot(index)
+    }
+
+    /// Starts traffic from the source to the sink at `mbps` with `size`-byte frames
+    /// (`mbps` = 0: a low 100 frames/s keep-alive stream, so fail-over is still visible).
+    pub fn start_traffic(&self, mbps: f64, size: usize, duration: Duration) -> Result<Source> {
+        let rate = if mbps <= 0.0 {
+            Rate::FramesPerSecond(100.0)
+        } else {
+            Rate::BitsPerSecond(mbps * 1e6)
+        };
+        let spec = TrafficSpec::new(
+            SOURCE_MAC,
+            SINK_MAC,
+            Ipv4Addr::new(10, 1, 0, 1),
+            Ipv4Addr::new(10, 2, 0, 1),
+        );
+        let mut config = SourceConfig::new(spec, rate, size);
+        config.duration = Some(duration);
+        Ok(Source::start(&self.fabric, self.source_port, config)?)
+    }
+
+    /// The WAN port of box `index` (where its forwarded frames enter the sink's hub).
+    pub fn wan_port(&self, index: usize) -> PortId {
+        self.boxes[index].ports[1].id
+    }
+
+    /// Drops a direction of a port's traffic with `percent` loss.
+    pub fn set_loss(&self, port: &str, percent: f64) -> Result {
+        Ok(self
+            .fabric
+            .set_loss(self.port(port)?, Direction::Both, percent)?)
+    }
+}
+
+/// What one fail-over under traffic measured at the sink.
+#[derive(Debug, Clone)]
+pub struct FailoverMeasurement {
+    /// Last frame from the old Master to first frame from the new one.
+    pub failover_ms: f64,
+    /// Frames sent and not received.
+    pub lost: u64,
+    /// Frames received twice.
+    pub duplicated: u64,
+    /// Frames sent.
+    pub sent: u64,
+}
+
+/// Reads a fail-over from the sink: the first change of origin after `fault_ns` from the
+/// old Master's WAN port to the new one's.
+pub fn measure(
+    report: &SinkReport,
+    source: &SourceReport,
+    fault_ns: u64,
+    from: PortId,
+    to: PortId,
+) -> Result<FailoverMeasurement> {
+    let transition = report
+        .transitions
+        .iter()
+        .find(|t| t.first_to_ns >= fault_ns && t.from == from && t.to == to)
+        .ok_or_else(|| {
+            lab_error!("the sink saw no switch from the old Master to the new one after the fault")
+        })?;
+    let loss = report.loss_against(source);
+    Ok(FailoverMeasurement {
+        failover_ms: transition.gap_ns() as f64 / 1e6,
+        lost: loss.lost,
+        duplicated: loss.duplicated,
+        sent: loss.sent,
+    })
+}
