@@ -14,6 +14,7 @@ extern crate alloc;
 #[cfg(test)]
 extern crate std;
 
+pub mod bypass;
 pub mod dma;
 pub mod e1000;
 pub mod pci;

@@ -272,7 +272,7 @@ pub fn init(preference: TickPreference) -> TimerInfo {
 /// Called by the dispatcher on every timer interrupt.
 pub(crate) fn on_tick() {
     let wakes = WAKES.fetch_add(1, Ordering::Relaxed) + 1;
-    if wakes % WAKES_PER_TICK == 0 {
+    if wakes.is_multiple_of(WAKES_PER_TICK) {
         let ticks = TICKS.fetch_add(1, Ordering::Relaxed) + 1;
         crate::hooks::tick(ticks);
     }

@@ -350,7 +350,7 @@ pub fn freeze_resume(seed: u64) -> Result<(), String> {
         .roles()
         .iter()
         .filter(|r| r.node == master && r.at <= resume)
-        .last()
+        .next_back()
         .is_some_and(|r| !r.forwarding);
     if !stopped {
         return Err(fail(
