@@ -349,8 +349,7 @@ pub fn freeze_resume(seed: u64) -> Result<(), String> {
     let stopped = sim
         .roles()
         .iter()
-        .filter(|r| r.node == master && r.at <= resume)
-        .next_back()
+        .rfind(|r| r.node == master && r.at <= resume)
         .is_some_and(|r| !r.forwarding);
     if !stopped {
         return Err(fail(
