@@ -258,11 +258,23 @@ impl Pair {
         Ok(at)
     }
 
-    /// `cut X.lan` / `mend X.lan`: the wire to that NIC goes down or up.
+    /// `cut A.lan` / `mend A.lan`: the cable of that NIC is pulled or plugged back in:
+    /// the NIC's link goes down (QMP `set_link`), as the guest's driver sees it.
     pub fn set_port(&mut self, port: &str, up: bool) -> Result<u64> {
-        let id = self.port(port)?;
+        let (name, nic) = port.split_once('.').ok_or_else(|| lab_error!("'{port}' is not BOX.NIC, like A.lan"))?;
+        let index = Self::index_of(name)?;
+        let nic_index = self.boxes[index]
+            .ports
+            .iter()
+            .position(|p| p.name == format!("{}.{nic}", NAMES[index]))
+            .ok_or_else(|| lab_error!("box {name} has no NIC '{nic}'"))?;
+        let vm = self.vm(index)?;
         let at = clock::now_ns();
-        self.fabric.set_up(id, up)?;
+        vm.qmp().execute(
+            "set_link",
+            Some(serde_json::json!({"name": format!("n{nic_index}"), "up": up})),
+            Duration::from_secs(10),
+        )?;
         Ok(at)
     }
 

@@ -82,6 +82,8 @@ pub struct VmConfig {
     pub firmware: Firmware,
     /// Boot this CD image (GRUB) with SeaBIOS instead of `-kernel`.
     pub cdrom: Option<PathBuf>,
+    /// `-no-reboot`: a guest reset ends QEMU (the default). Off: the guest reboots.
+    pub no_reboot: bool,
 }
 
 impl VmConfig {
@@ -99,6 +101,7 @@ impl VmConfig {
             start_paused: false,
             firmware: Firmware::default(),
             cdrom: None,
+            no_reboot: true,
         }
     }
 
@@ -110,19 +113,14 @@ impl VmConfig {
 
     /// The QEMU arguments for this config, with sockets in `dir`.
     pub fn qemu_args(&self, dir: &Path) -> Vec<String> {
-        let mut args: Vec<String> = [
-            "-machine",
-            "q35",
-            "-nodefaults",
-            "-no-reboot",
-            "-display",
-            "none",
-            "-m",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut args: Vec<String> = ["-machine", "q35", "-nodefaults", "-display", "none", "-m"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         args.push(self.memory_mib.to_string());
+        if self.no_reboot {
+            args.push("-no-reboot".into());
+        }
         match self.accel {
             Accel::Tcg => args.extend(["-accel".into(), "tcg".into()]),
             Accel::Kvm => {

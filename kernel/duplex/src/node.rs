@@ -341,7 +341,12 @@ impl Node {
         let result = self.receive(path, frame, now);
         let path_state = &mut self.paths[path.index()];
         match result {
-            Ok(Received::Accepted) => path_state.received += 1,
+            Ok(Received::Accepted) => {
+                path_state.received += 1;
+                // React at once (a newer claim makes a claimer step down before the image
+                // forwards the next frame of its batch); the actions wait for `poll`.
+                self.evaluate(now);
+            }
             Ok(Received::Duplicate) => path_state.duplicates += 1,
             Err(error) => {
                 path_state.rejected += 1;
