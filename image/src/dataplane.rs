@@ -59,6 +59,11 @@ pub struct Dataplane {
     pub hold_counters: [u64; 3],
     /// Gratuitous ARPs sent after takeovers.
     pub announcements: u64,
+    /// Replication frames (EtherType 0x88B6) for the state log: (ingress port, frame),
+    /// drained by `statelog` every pass.
+    pub replication_in: alloc::collections::VecDeque<(usize, Vec<u8>)>,
+    /// Replication frames dropped because that queue was full.
+    pub replication_dropped: u64,
 }
 
 /// Sends `frame` on `port`. A full ring is kicked once (doorbell and reclaim) and the
@@ -104,6 +109,8 @@ impl Dataplane {
             announcements: 0,
             held: alloc::collections::VecDeque::new(),
             hold_counters: [0; 3],
+            replication_in: alloc::collections::VecDeque::new(),
+            replication_dropped: 0,
         }
     }
 
@@ -131,13 +138,15 @@ impl Dataplane {
             let bridge = &mut self.bridge;
             let counters = &mut self.counters;
             let management = &mut self.management;
-            let forwarding = self.forwarding;
+            let mut forwarding = self.forwarding;
             let holding = self.role == Some(ForwardingRole::Hold);
             let held = &mut self.held;
             let hold_counters = &mut self.hold_counters;
             let mut node = duplex.as_mut().map(|d| &mut d.node);
             let heartbeats_in = &mut self.heartbeats_in;
             let heartbeats_refused = &mut self.heartbeats_refused;
+            let replication_in = &mut self.replication_in;
+            let replication_dropped = &mut self.replication_dropped;
             let is_bridged = ingress < bridged;
             // The other bridged ports, with their indices.
             let mut others: Vec<(usize, &mut Port)> = before
@@ -159,6 +168,23 @@ impl Dataplane {
                             Ok(_) => *heartbeats_in += 1,
                             Err(_) => *heartbeats_refused += 1,
                         }
+                        // A heartbeat that made this node stop forwarding (a newer claim)
+                        // takes effect for the very next frame of the batch.
+                        if !matches!(
+                            node.role(),
+                            ForwardingRole::Forward | ForwardingRole::PassThrough
+                        ) {
+                            forwarding = false;
+                        }
+                    }
+                    return;
+                }
+                if crate::statelog::is_replication(frame) {
+                    // State-log replication, never data: queued for the log service.
+                    if replication_in.len() < crate::statelog::QUEUE_LIMIT {
+                        replication_in.push_back((ingress, frame.to_vec()));
+                    } else {
+                        *replication_dropped += 1;
                     }
                     return;
                 }

@@ -13,7 +13,9 @@
 //! - `Restart`: reported; the main loop restarts the service's state.
 //!
 //! The hardware watchdog is kicked only while no service whose action is `Reset` has
-//! missed its deadline. Everything here is atomics: the interrupt never waits for a lock
+//! missed its deadline. When the interrupt itself has not run for a while (the whole
+//! machine stood still: a stalled or paused virtual CPU), every deadline restarts from
+//! the moment it runs again, so a stall of the machine is not taken for a hung service. Everything here is atomics: the interrupt never waits for a lock
 //! the main loop may hold.
 
 use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU64, AtomicUsize, Ordering};
@@ -80,13 +82,19 @@ fn action_of(code: u8) -> MissAction {
 }
 
 /// Registers a service (at boot, before interrupts use it). `None` when full.
-pub fn register(name: &'static str, deadline: Duration, action: MissAction, now: Instant) -> Option<Service> {
+pub fn register(
+    name: &'static str,
+    deadline: Duration,
+    action: MissAction,
+    now: Instant,
+) -> Option<Service> {
     let index = COUNT.load(Ordering::Acquire);
     if index >= MAX_SERVICES {
         return None;
     }
     let slot = &SLOTS[index];
-    slot.deadline_ns.store(deadline.as_nanos() as u64, Ordering::Relaxed);
+    slot.deadline_ns
+        .store(deadline.as_nanos() as u64, Ordering::Relaxed);
     slot.last_alive_ns.store(now.as_nanos(), Ordering::Relaxed);
     slot.action.store(action_code(action), Ordering::Relaxed);
     x86_64::instructions::interrupts::without_interrupts(|| NAMES.lock()[index] = name);
@@ -106,7 +114,9 @@ pub fn iam_alive(service: Service, now: Instant) {
 pub fn stall(name: &str, duration: Duration, now: Instant) -> bool {
     match find(name) {
         Some(index) => {
-            SLOTS[index].stalled_until_ns.store((now + duration).as_nanos(), Ordering::Relaxed);
+            SLOTS[index]
+                .stalled_until_ns
+                .store((now + duration).as_nanos(), Ordering::Relaxed);
             true
         }
         None => false,
@@ -134,9 +144,26 @@ pub fn card_healthy() -> bool {
     CARD_HEALTHY.load(Ordering::Relaxed)
 }
 
+/// The interrupt's own last check: a longer gap than [`STALL_GRACE`] means the whole
+/// machine stood still (a stalled virtual CPU, a paused VM), not one service.
+static LAST_CHECK_NS: AtomicU64 = AtomicU64::new(0);
+/// A gap between two checks longer than this restarts every service's deadline.
+pub const STALL_GRACE: Duration = Duration::from_millis(20);
+
 /// The timer interrupt's check, once per tick.
 pub fn check_from_interrupt(now: Instant) {
     let now_ns = now.as_nanos();
+    let last = LAST_CHECK_NS.swap(now_ns, Ordering::Relaxed);
+    if last != 0 && now_ns.saturating_sub(last) > STALL_GRACE.as_nanos() as u64 {
+        // The interrupt itself did not run: nobody ran. Give every service a fresh
+        // deadline from now, as the Duplex node does for its peers after a freeze.
+        for index in 0..COUNT.load(Ordering::Acquire) {
+            SLOTS[index]
+                .last_alive_ns
+                .fetch_max(now_ns, Ordering::Relaxed);
+        }
+        return;
+    }
     for index in 0..COUNT.load(Ordering::Acquire) {
         let slot = &SLOTS[index];
         let silent = now_ns.saturating_sub(slot.last_alive_ns.load(Ordering::Relaxed));
@@ -180,7 +207,10 @@ pub fn node_failures() -> u8 {
         let slot = &SLOTS[index];
         let action = action_of(slot.action.load(Ordering::Relaxed));
         if slot.missed.load(Ordering::Relaxed)
-            && matches!(action, MissAction::Failover | MissAction::Suspend | MissAction::Bypass)
+            && matches!(
+                action,
+                MissAction::Failover | MissAction::Suspend | MissAction::Bypass
+            )
         {
             bits |= 1 << index;
         }
@@ -192,10 +222,16 @@ pub fn node_failures() -> u8 {
 pub fn describe(now: Instant, out: &mut alloc::string::String) {
     use core::fmt::Write;
     let names = x86_64::instructions::interrupts::without_interrupts(|| *NAMES.lock());
-    let _ = write!(out, "{:<12} {:>9} {:>10} {:<9} {:>6} state\r\n", "service", "deadline", "silent", "action", "misses");
+    let _ = write!(
+        out,
+        "{:<12} {:>9} {:>10} {:<9} {:>6} state\r\n",
+        "service", "deadline", "silent", "action", "misses"
+    );
     for index in 0..COUNT.load(Ordering::Acquire) {
         let slot = &SLOTS[index];
-        let silent = now.as_nanos().saturating_sub(slot.last_alive_ns.load(Ordering::Relaxed));
+        let silent = now
+            .as_nanos()
+            .saturating_sub(slot.last_alive_ns.load(Ordering::Relaxed));
         let _ = write!(
             out,
             "{:<12} {:>6} ms {:>7} ms {:<9} {:>6} {}\r\n",
@@ -204,13 +240,25 @@ pub fn describe(now: Instant, out: &mut alloc::string::String) {
             silent / 1_000_000,
             action_of(slot.action.load(Ordering::Relaxed)).name(),
             slot.misses.load(Ordering::Relaxed),
-            if slot.missed.load(Ordering::Relaxed) { "MISSED" } else { "ok" }
+            if slot.missed.load(Ordering::Relaxed) {
+                "MISSED"
+            } else {
+                "ok"
+            }
         );
     }
     let _ = write!(
         out,
         "hardware watchdog kicks: {}; bypass card kicks: {}\r\n",
-        if healthy() { "on" } else { "STOPPED (a reset service missed)" },
-        if card_healthy() { "on" } else { "STOPPED (a bypass service missed)" }
+        if healthy() {
+            "on"
+        } else {
+            "STOPPED (a reset service missed)"
+        },
+        if card_healthy() {
+            "on"
+        } else {
+            "STOPPED (a bypass service missed)"
+        }
     );
 }

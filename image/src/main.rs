@@ -11,9 +11,11 @@ extern crate alloc;
 
 mod console;
 mod dataplane;
+mod liveness;
 mod net;
 mod pair;
 mod shell;
+mod statelog;
 mod watchdog;
 
 use alloc::string::String;
@@ -60,6 +62,10 @@ pub struct System {
     pub duplex: Option<pair::Duplex>,
     /// Gaps between main-loop passes (the loop's own liveness, as the host lets it run).
     pub loop_gaps: LoopGaps,
+    /// The image's services in the liveness monitor.
+    pub services: Option<Services>,
+    /// The replicated state log.
+    pub statelog: statelog::StateLog,
 }
 
 /// Counts of gaps between main-loop passes, by size.
@@ -157,6 +163,10 @@ fn kernel_main(boot: &'static BootInfo) -> ! {
         _ => None,
     };
     let dataplane = dataplane::Dataplane::new(ports, management, now.as_nanos() ^ timer.tsc_hz);
+    // log_recover: before the node starts, so that a long replay delays no heartbeat.
+    let mut dataplane = dataplane;
+    let statelog =
+        statelog::StateLog::init(&PCI_CONFIG, &pci, &options, &mut dataplane, timer::now());
     let watchdog = watchdog::init(&PCI_CONFIG, &pci, options.watchdog, options.watchdog_ms);
     let incarnation = options.incarnation.unwrap_or_else(|| {
         // Grows at every boot: seconds of the real-time clock, or the TSC if it is unreadable.
@@ -181,6 +191,8 @@ fn kernel_main(boot: &'static BootInfo) -> ! {
         watchdog,
         duplex,
         loop_gaps: LoopGaps::default(),
+        services: register_services(),
+        statelog,
     };
     println!(
         "{} node={} uptime_ms={}",
@@ -214,7 +226,83 @@ fn run_selftest(selftest: SelfTest) {
 
 /// The timer interrupt's work, 1000 times a second.
 fn on_tick(_ticks: u64) {
-    watchdog::kick_from_interrupt();
+    liveness::check_from_interrupt(timer::now());
+    if liveness::healthy() {
+        watchdog::kick_from_interrupt();
+    }
+}
+
+/// The services the timer interrupt watches (SPI registrations of the image itself).
+pub struct Services {
+    /// The main loop's every pass (the paper's "scheduler entry").
+    pub main_loop: liveness::Service,
+    /// The forwarding loop.
+    pub forwarding: liveness::Service,
+    /// The Duplex node's heartbeat work.
+    pub heartbeat: liveness::Service,
+    /// The serial console.
+    pub console: liveness::Service,
+    /// Services past their deadline that the node was told about (bits).
+    pub reported: u8,
+}
+
+fn register_services() -> Option<Services> {
+    use core::time::Duration;
+    use duplex_core::MissAction;
+    let now = timer::now();
+    Some(Services {
+        main_loop: liveness::register(
+            "main-loop",
+            Duration::from_millis(500),
+            MissAction::Reset,
+            now,
+        )?,
+        forwarding: liveness::register(
+            "forwarding",
+            Duration::from_millis(100),
+            MissAction::Failover,
+            now,
+        )?,
+        heartbeat: liveness::register(
+            "heartbeat",
+            Duration::from_millis(100),
+            MissAction::Failover,
+            now,
+        )?,
+        console: liveness::register(
+            "console",
+            Duration::from_millis(2000),
+            MissAction::Restart,
+            now,
+        )?,
+        reported: 0,
+    })
+}
+
+/// Turns services that missed (or came back) into local failures of the node.
+fn report_service_failures(system: &mut System, now: Instant) {
+    let bits = liveness::node_failures();
+    let Some(services) = system.services.as_mut() else {
+        return;
+    };
+    if bits == services.reported {
+        return;
+    }
+    if let Some(d) = system.duplex.as_mut() {
+        for index in 0..liveness::MAX_SERVICES {
+            let failure = duplex_core::Failure::Hardware(0x100 + index as u16);
+            let (was, is) = (
+                services.reported & (1 << index) != 0,
+                bits & (1 << index) != 0,
+            );
+            if is && !was {
+                d.node.on_local_failure(failure, now);
+            } else if was && !is {
+                d.node.on_recovery(failure, now);
+            }
+        }
+    }
+    services.reported = bits;
 }
 
 /// How often link states are read.
@@ -230,13 +318,38 @@ fn main_loop(system: &mut System) -> ! {
         let now = timer::now();
         system.loop_gaps.record(now.saturating_since(last_pass));
         last_pass = now;
+        if let Some(s) = &system.services {
+            liveness::iam_alive(s.main_loop, now);
+        }
+        report_service_failures(system, now);
         let handled = system.dataplane.poll(now, &mut system.duplex);
+        system
+            .statelog
+            .poll(&mut system.dataplane, system.duplex.as_mut(), now);
+        if let Some(answer) = system.statelog.take_answer() {
+            // A `log sync` finished: its answer, then the prompt it held back.
+            console::write_bytes(answer.as_bytes());
+            console::write_bytes(markers::PROMPT.as_bytes());
+        }
+        if let Some(s) = &system.services {
+            liveness::iam_alive(s.forwarding, now);
+            if system.duplex.is_some() {
+                liveness::iam_alive(s.heartbeat, now);
+            }
+            liveness::iam_alive(s.console, now);
+        }
         if now >= next_link_check {
-            net::watch_links(&mut system.dataplane.ports);
+            net::watch_links(
+                &mut system.dataplane.ports,
+                system.duplex.as_mut().map(|d| &mut d.node),
+                now,
+            );
             system.dataplane.bridge.poll(now);
             next_link_check = now + LINK_CHECK;
         }
-        while let Some(byte) = console::read_byte() {
+        while !system.statelog.console_busy()
+            && let Some(byte) = console::read_byte()
+        {
             match editor.feed(byte, &mut |echo| console::write_bytes(echo)) {
                 Event::None => {}
                 Event::Cancel => console::write_bytes(markers::PROMPT.as_bytes()),
@@ -244,7 +357,9 @@ fn main_loop(system: &mut System) -> ! {
                     out.clear();
                     shell::execute(system, &line, &mut out);
                     console::write_bytes(out.as_bytes());
-                    console::write_bytes(markers::PROMPT.as_bytes());
+                    if !system.statelog.console_busy() {
+                        console::write_bytes(markers::PROMPT.as_bytes());
+                    }
                 }
             }
         }
@@ -252,12 +367,13 @@ fn main_loop(system: &mut System) -> ! {
             // Rings had frames: look again at once until they are empty.
             continue;
         }
-        // Idle: sleep until the next interrupt (the timer wakes the loop every 125 us),
+        // Idle: sleep until the next interrupt (the timer wakes the loop every 250 us),
         // unless the node is already due.
         let deadline = system
             .duplex
             .as_ref()
-            .map_or(Instant::MAX, |d| d.node.poll_at());
+            .map_or(Instant::MAX, |d| d.node.poll_at())
+            .min(system.statelog.poll_at(timer::now()));
         if deadline > timer::now() {
             x86_64::instructions::interrupts::enable_and_hlt();
         }

@@ -107,13 +107,25 @@ pub fn probe(config: &'static dyn pci::ConfigSpace, functions: &[PciFunction]) -
     ports
 }
 
-/// Checks every port's link and reports changes on the console.
-pub fn watch_links(ports: &mut [Port]) {
-    for port in ports {
+/// Checks every port's link and reports changes on the console. A bridged port (lan,
+/// wan) whose link goes down is a local interface failure of the Duplex node (a box that
+/// lost a side cannot forward); it clears when the link comes back.
+pub fn watch_links(ports: &mut [Port], mut node: Option<&mut duplex_core::Node>, now: Instant) {
+    for (index, port) in ports.iter_mut().enumerate() {
         let up = port.nic.link_up();
         if up != port.link_up {
             port.link_up = up;
             println!("net: {} link {}", port.name, if up { "up" } else { "down" });
+            if index < 2
+                && let Some(node) = node.as_deref_mut()
+            {
+                let failure = duplex_core::Failure::Interface(duplex_core::PathId(index as u8));
+                if up {
+                    node.on_recovery(failure, now);
+                } else {
+                    node.on_local_failure(failure, now);
+                }
+            }
         }
     }
 }

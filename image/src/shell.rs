@@ -206,14 +206,62 @@ pub fn execute(system: &mut System, line: &str, out: &mut String) {
                 );
             }
         },
+        Command::ShowLiveness => liveness_show(out),
+        Command::DebugHangLoop => {
+            line!(out, "debug: hanging the main loop now (interrupts stay on)");
+            crate::console::write_bytes(out.as_bytes());
+            loop {
+                core::hint::spin_loop();
+            }
+        }
+        Command::DebugHangIsr => {
+            line!(
+                out,
+                "debug: interrupts off, hanging now (only a hardware watchdog can help)"
+            );
+            crate::console::write_bytes(out.as_bytes());
+            x86_64::instructions::interrupts::disable();
+            loop {
+                core::hint::spin_loop();
+            }
+        }
+        Command::DebugStall { service, ms } => {
+            let now = timer::now();
+            if crate::liveness::stall(
+                &service,
+                core::time::Duration::from_millis(u64::from(ms)),
+                now,
+            ) {
+                line!(out, "debug: {service} stops reporting for {ms} ms");
+            } else {
+                line!(
+                    out,
+                    "{}debug stall: no service '{service}' (services: {})",
+                    markers::ERROR,
+                    crate::liveness::names().join(", ")
+                );
+            }
+        }
         Command::Failover => operator(system, duplex_core::OperatorCommand::Failover, out),
         Command::TakeOver => operator(system, duplex_core::OperatorCommand::TakeOver, out),
         Command::Suspend => operator(system, duplex_core::OperatorCommand::Suspend, out),
         Command::Resume => operator(system, duplex_core::OperatorCommand::Resume, out),
+        Command::ShowLog { json } => system.statelog.describe(system.duplex.as_ref(), json, out),
+        Command::LogWrite { text } => system.statelog.write_note(&text, out),
+        Command::LogSync { text } => system.statelog.sync_note(&text, out),
+        Command::LogDump { last } => system.statelog.dump(last, out),
+        Command::LogCheckpoint => system.statelog.checkpoint(out),
+        Command::LogBench { count, size, rate } => {
+            system.statelog.start_bench(count, size, rate, out)
+        }
         Command::Reboot => {
             line!(out, "rebooting");
             crate::console::write_bytes(out.as_bytes());
             duplex_arch::machine::reset();
         }
     }
+}
+
+fn liveness_show(out: &mut String) {
+    crate::liveness::describe(timer::now(), out);
 }

@@ -109,6 +109,13 @@ pub struct ForwardOptions {
     /// Instead of searching, run one trial per path and round at this rate (frames/s);
     /// latency then comes from that trial. For smoke tests.
     pub fixed_rate: Option<f64>,
+    /// The source's [`SourceConfig::spin_below`]: waits shorter than this are spent in a
+    /// `yield` loop. Zero (the default): the source always sleeps and catches up in
+    /// bursts (at most [`SourceConfig::max_burst`] frames). Spinning is more regular but
+    /// takes a whole core whenever frames are due less than that apart; on a 2-core
+    /// machine that core is taken from QEMU, not from the ceiling's host thread, and the
+    /// ratio suffers for it.
+    pub source_spin: Duration,
     /// The image to boot; `None` builds it ([`image::build`]).
     pub kernel: Option<PathBuf>,
     /// The appliance's boot command line ([`DEFAULT_CMDLINE`]: a plain bridge).
@@ -130,6 +137,7 @@ impl ForwardOptions {
             max_median_latency: Some(Duration::from_millis(5)),
             max_p99_latency: None,
             retries: 1,
+            source_spin: Duration::ZERO,
             fixed_rate: None,
             kernel: None,
             cmdline: DEFAULT_CMDLINE.to_string(),
@@ -353,6 +361,11 @@ pub fn run(options: ForwardOptions) -> Result<ForwardReport> {
         VmConfig::new(&format!("fwd-{}", options.nic.name()), &kernel).cmdline(&options.cmdline);
     let expected = (options.rounds as u64).saturating_mul(600);
     config.lifetime = Duration::from_secs(600u64.saturating_add(expected));
+    // Thread names ("CPU 0/TCG", the main loop) for profiling with top -H or /proc.
+    config.extra_args.extend([
+        "-name".to_string(),
+        "duplex-fwd,debug-threads=on".to_string(),
+    ]);
     let nic = options.nic;
     log(format!(
         "booting the appliance ({} NICs, fabric sockets passed by descriptor)",
@@ -387,6 +400,7 @@ pub fn run(options: ForwardOptions) -> Result<ForwardReport> {
         let mut config = TrialConfig::new(traffic, options.frame_size);
         config.duration = options.trial_duration;
         config.max_p99_latency = options.max_p99_latency;
+        config.spin_below = options.source_spin;
         config
     };
     let mut appliance_runner = TrialRunner::new(&fabric, source_port, &sink, trial_config(traffic));
@@ -934,6 +948,9 @@ pub fn command(words: Vec<String>) -> Result {
         options.max_p99_latency = (millis > 0.0).then(|| Duration::from_secs_f64(millis / 1e3));
     }
     options.fixed_rate = number("--rate", take("--rate")?)?;
+    if let Some(micros) = number("--source-spin-us", take("--source-spin-us")?)? {
+        options.source_spin = Duration::from_secs_f64(micros / 1e6);
+    }
     if let Some(cmdline) = take("--cmdline")? {
         options.cmdline = cmdline;
     }

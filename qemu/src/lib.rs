@@ -11,11 +11,13 @@
 //!   (`duplex-fabric`: wires, hubs, bypass relays, traffic source and sink).
 //! - [`bench_forward`]: the forwarding benchmark (rate under 0.1 % loss against the
 //!   fabric's own ceiling).
+//! - [`bench_log`]: the replicated state log's benchmark (stall, flush, replication).
 //!
 //! The `duplex-lab` binary (`cargo lab ...`) is a thin command line over these.
 
 pub mod appliance;
 pub mod bench_forward;
+pub mod bench_log;
 pub mod bypass_card;
 pub mod image;
 pub mod pair;

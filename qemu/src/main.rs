@@ -28,6 +28,11 @@ commands:
                                 one appliance between source and sink: highest rate with
                                 loss < 0.1 % (median of N rounds, default 3), Mbit/s, latency
                                 at half that rate, and the fabric's own ceiling and the ratio
+  bench log [--records N] [--size B] [--rate R] [--flood N] [--single] [--json]
+                                the replicated state log on a pair with a disk per box:
+                                log_async stall, commit and flush, replication latency
+                                p50/p90/p99 (paced run, default 3000 x 64 B at 1000/s) and
+                                records/s (flood run, default 20000), beside the paper
   sim [--seeds N] [--paths P] [--json]
                                 the pair simulator: detection time p50/p99 against heartbeat
                                 interval and loss, false fail-overs per hour, dual-Master time
@@ -153,16 +158,28 @@ fn cmd_pair(mut args: Args) -> Result {
     let nic = nic_option(&mut args)?;
     let heartbeat_us = args.number("--hb-us", 1000u32)?;
     args.finish()?;
-    eprintln!("[lab] booting a parallel pair ({} NICs, {heartbeat_us} us heartbeats)...", nic.name());
-    let mut pair = Pair::start(PairConfig { nic, heartbeat_us, ..PairConfig::default() })?;
+    eprintln!(
+        "[lab] booting a parallel pair ({} NICs, {heartbeat_us} us heartbeats)...",
+        nic.name()
+    );
+    let mut pair = Pair::start(PairConfig {
+        nic,
+        heartbeat_us,
+        ..PairConfig::default()
+    })?;
     let mut traffic: Option<duplex_fabric::Source> = None;
     let print_states = |pair: &mut Pair| {
         let a = pair.state(0).unwrap_or_else(|e| format!("? ({e})"));
         let b = pair.state(1).unwrap_or_else(|e| format!("? ({e})"));
-        println!("A: {a:<12} B: {b:<12} sink: {} frames", pair.sink.received());
+        println!(
+            "A: {a:<12} B: {b:<12} sink: {} frames",
+            pair.sink.received()
+        );
     };
     print_states(&mut pair);
-    println!("commands: kill|freeze|thaw|restart A|B, cut|mend A.lan, partition|heal [lan|wan|link], failover, traffic MBPS SECONDS, status, quit");
+    println!(
+        "commands: kill|freeze|thaw|restart A|B, cut|mend A.lan, partition|heal [lan|wan|link], failover, traffic MBPS SECONDS, status, quit"
+    );
     let stdin = std::io::stdin();
     let mut line = String::new();
     loop {
@@ -188,14 +205,19 @@ fn cmd_pair(mut args: Args) -> Result {
             ["heal"] => pair.partition(None, false),
             ["heal", p] => pair.partition(Some(p), false),
             ["failover"] => match pair.master() {
-                Ok(Some(m)) => pair.vm(m).and_then(|vm| vm.command("failover", Duration::from_secs(10))).map(|out| println!("{out}")),
+                Ok(Some(m)) => pair
+                    .vm(m)
+                    .and_then(|vm| vm.command("failover", Duration::from_secs(10)))
+                    .map(|out| println!("{out}")),
                 Ok(None) => Err(lab_error!("no single Master to hand over from")),
                 Err(e) => Err(e),
             },
             ["traffic", mbps, seconds] => match (mbps.parse::<f64>(), seconds.parse::<u64>()) {
-                (Ok(m), Ok(s)) => pair.start_traffic(m, 512, Duration::from_secs(s)).map(|src| {
-                    traffic = Some(src);
-                }),
+                (Ok(m), Ok(s)) => pair
+                    .start_traffic(m, 512, Duration::from_secs(s))
+                    .map(|src| {
+                        traffic = Some(src);
+                    }),
                 _ => Err(lab_error!("usage: traffic MBPS SECONDS")),
             },
             _ => Err(lab_error!("unknown command '{}'", line.trim())),
@@ -452,6 +474,7 @@ fn cmd_bench(mut args: Args) -> Result {
         "boot" => bench_boot(args),
         "failover" => bench_failover(args),
         "forward" => duplex_lab::bench_forward::command(std::mem::take(&mut args.words)),
+        "log" => duplex_lab::bench_log::command(std::mem::take(&mut args.words)),
         other => Err(lab_error!(
             "unknown benchmark '{other}' (known: boot, forward)"
         )),
@@ -545,7 +568,11 @@ fn bench_failover(mut args: Args) -> Result {
         None => PAPER.iter().map(|r| r.0).collect(),
         Some(list) => list
             .split(',')
-            .map(|r| r.trim().parse::<f64>().map_err(|_| lab_error!("--rates: '{r}' is not a number")))
+            .map(|r| {
+                r.trim()
+                    .parse::<f64>()
+                    .map_err(|_| lab_error!("--rates: '{r}' is not a number"))
+            })
             .collect::<Result<_>>()?,
     };
     let size = args.number("--size", 512usize)?;
@@ -553,17 +580,29 @@ fn bench_failover(mut args: Args) -> Result {
     let heartbeat_us = args.number("--hb-us", 1000u32)?;
     let nic = nic_option(&mut args)?;
     let json = args.flag("--json");
-    let svg = args.value("--svg")?.map(std::path::PathBuf::from).unwrap_or_else(|| image::target_dir().join("failover-parallel.svg"));
+    let svg = args
+        .value("--svg")?
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| image::target_dir().join("failover-parallel.svg"));
     args.finish()?;
-    eprintln!("[lab] parallel pair, {} NICs, {heartbeat_us} us heartbeats, {size}-byte frames, {runs} run(s) per rate", nic.name());
-    let mut pair = Pair::start(PairConfig { nic, heartbeat_us, ..PairConfig::default() })?;
+    eprintln!(
+        "[lab] parallel pair, {} NICs, {heartbeat_us} us heartbeats, {size}-byte frames, {runs} run(s) per rate",
+        nic.name()
+    );
+    let mut pair = Pair::start(PairConfig {
+        nic,
+        heartbeat_us,
+        ..PairConfig::default()
+    })?;
     let mut rows = Vec::new();
     for &rate in &rates {
         let mut times = Vec::new();
         let mut losses = Vec::new();
         let mut duplicates = 0;
         for _ in 0..runs {
-            let master = pair.master()?.ok_or_else(|| lab_error!("no single Master before the fault"))?;
+            let master = pair
+                .master()?
+                .ok_or_else(|| lab_error!("no single Master before the fault"))?;
             let standby = 1 - master;
             pair.sink.reset();
             let source = pair.start_traffic(rate, size, Duration::from_millis(2500))?;
@@ -571,23 +610,47 @@ fn bench_failover(mut args: Args) -> Result {
             let fault = pair.kill(master)?;
             pair.wait_state(standby, "Master")?;
             let sent = source.wait()?;
-            pair.sink.wait_quiet(Duration::from_millis(300), Duration::from_secs(5));
-            let m = measure(&pair.sink.report(), &sent, fault, pair.wan_port(master), pair.wan_port(standby))?;
-            eprintln!("[lab] {rate:>5} Mbit/s: fail-over {:7.2} ms, lost {:>6}, duplicated {}", m.failover_ms, m.lost, m.duplicated);
+            pair.sink
+                .wait_quiet(Duration::from_millis(300), Duration::from_secs(5));
+            let m = measure(
+                &pair.sink.report(),
+                &sent,
+                fault,
+                pair.wan_port(master),
+                pair.wan_port(standby),
+            )?;
+            eprintln!(
+                "[lab] {rate:>5} Mbit/s: fail-over {:7.2} ms, lost {:>6}, duplicated {}",
+                m.failover_ms, m.lost, m.duplicated
+            );
             times.push(m.failover_ms);
             losses.push(m.lost as f64);
             duplicates += m.duplicated;
             pair.restart(master)?;
             pair.wait_state(master, "Slave")?;
         }
-        rows.push((rate, median(&times).unwrap_or(0.0), median(&losses).unwrap_or(0.0), duplicates));
+        rows.push((
+            rate,
+            median(&times).unwrap_or(0.0),
+            median(&losses).unwrap_or(0.0),
+            duplicates,
+        ));
     }
-    println!("mode parallel, {size}-byte frames, {} NICs, heartbeat {heartbeat_us} us, median of {runs} run(s)", nic.name());
-    println!("{:>9}  {:>14} {:>10}  {:>16} {:>12}  {:>10}", "Mbit/s", "fail-over ms", "lost", "paper f/o ms", "paper lost", "f/o ratio");
+    println!(
+        "mode parallel, {size}-byte frames, {} NICs, heartbeat {heartbeat_us} us, median of {runs} run(s)",
+        nic.name()
+    );
+    println!(
+        "{:>9}  {:>14} {:>10}  {:>16} {:>12}  {:>10}",
+        "Mbit/s", "fail-over ms", "lost", "paper f/o ms", "paper lost", "f/o ratio"
+    );
     for &(rate, ms, lost, _) in &rows {
         let paper = PAPER.iter().find(|p| (p.0 - rate).abs() < 1e-9);
         let (pms, plost) = paper.map_or((f64::NAN, 0), |p| (p.1, p.3));
-        println!("{rate:>9.0}  {ms:>14.2} {lost:>10.0}  {pms:>16.0} {plost:>12}  {:>9.1}x", pms / ms.max(1e-9));
+        println!(
+            "{rate:>9.0}  {ms:>14.2} {lost:>10.0}  {pms:>16.0} {plost:>12}  {:>9.1}x",
+            pms / ms.max(1e-9)
+        );
     }
     write_svg(&svg, &rows)?;
     println!("plot: {}", svg.display());
@@ -596,7 +659,10 @@ fn bench_failover(mut args: Args) -> Result {
             .iter()
             .map(|&(rate, ms, lost, _)| serde_json::json!({"rate_mbps": rate, "failover_ms": (ms * 100.0).round() / 100.0, "lost": lost as u64}))
             .collect();
-        println!("{}", serde_json::json!({"mode": "parallel", "size": size, "rows": rows_json}));
+        println!(
+            "{}",
+            serde_json::json!({"mode": "parallel", "size": size, "rows": rows_json})
+        );
     }
     Ok(())
 }
@@ -605,7 +671,11 @@ fn bench_failover(mut args: Args) -> Result {
 fn write_svg(path: &std::path::Path, rows: &[(f64, f64, f64, u64)]) -> Result {
     let (w, h, left, bottom) = (720.0, 420.0, 70.0, 50.0);
     let max_rate = rows.iter().map(|r| r.0).fold(100.0f64, f64::max);
-    let max_ms = PAPER.iter().map(|p| p.1).fold(rows.iter().map(|r| r.1).fold(0.0, f64::max), f64::max).max(1.0);
+    let max_ms = PAPER
+        .iter()
+        .map(|p| p.1)
+        .fold(rows.iter().map(|r| r.1).fold(0.0, f64::max), f64::max)
+        .max(1.0);
     // Log scale on the time axis: ours is milliseconds, the paper's up to seconds.
     let y = |ms: f64| {
         let v = (ms.max(0.1)).log10();
@@ -613,27 +683,54 @@ fn write_svg(path: &std::path::Path, rows: &[(f64, f64, f64, u64)]) -> Result {
         h - bottom - (v - (-1.0)) / (top - (-1.0)) * (h - bottom - 20.0)
     };
     let x = |rate: f64| left + rate / max_rate * (w - left - 20.0);
-    let line = |points: Vec<(f64, f64)>| points.iter().map(|(a, b)| format!("{:.1},{:.1}", x(*a), y(*b))).collect::<Vec<_>>().join(" ");
+    let line = |points: Vec<(f64, f64)>| {
+        points
+            .iter()
+            .map(|(a, b)| format!("{:.1},{:.1}", x(*a), y(*b)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
     let ours = line(rows.iter().map(|r| (r.0, r.1)).collect());
     let paper = line(PAPER.iter().map(|p| (p.0, p.1)).collect());
-    let mut svg = format!(r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
+    let mut svg = format!(
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
 <rect width="100%" height="100%" fill="white"/>
 <text x="{}" y="16" text-anchor="middle" font-size="14">Fail-over time against load (parallel mode, log scale)</text>
 <line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="black"/>
 <line x1="{left}" y1="20" x2="{left}" y2="{}" stroke="black"/>
 <text x="{}" y="{}" text-anchor="middle">traffic (Mbit/s)</text>
 <text x="16" y="{}" transform="rotate(-90 16 {})" text-anchor="middle">fail-over (ms)</text>
-"#, w / 2.0, h - bottom, w - 20.0, h - bottom, h - bottom, (w + left) / 2.0, h - 12.0, h / 2.0, h / 2.0);
+"#,
+        w / 2.0,
+        h - bottom,
+        w - 20.0,
+        h - bottom,
+        h - bottom,
+        (w + left) / 2.0,
+        h - 12.0,
+        h / 2.0,
+        h / 2.0
+    );
     for ms in [0.1, 1.0, 10.0, 100.0, 1000.0] {
         if ms <= max_ms * 1.01 {
-            svg.push_str(&format!("<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{ms}</text>\n", left - 6.0, y(ms) + 4.0));
+            svg.push_str(&format!(
+                "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{ms}</text>\n",
+                left - 6.0,
+                y(ms) + 4.0
+            ));
         }
     }
     for rate in (0..=(max_rate as u32)).step_by(20) {
-        svg.push_str(&format!("<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{rate}</text>\n", x(f64::from(rate)), h - bottom + 16.0));
+        svg.push_str(&format!(
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{rate}</text>\n",
+            x(f64::from(rate)),
+            h - bottom + 16.0
+        ));
     }
     svg.push_str(&format!("<polyline fill=\"none\" stroke=\"gray\" stroke-dasharray=\"5,4\" stroke-width=\"2\" points=\"{paper}\"/>\n"));
-    svg.push_str(&format!("<polyline fill=\"none\" stroke=\"blue\" stroke-width=\"2\" points=\"{ours}\"/>\n"));
+    svg.push_str(&format!(
+        "<polyline fill=\"none\" stroke=\"blue\" stroke-width=\"2\" points=\"{ours}\"/>\n"
+    ));
     svg.push_str(&format!("<text x=\"{}\" y=\"40\" fill=\"gray\">Duplex paper (2004)</text>\n<text x=\"{}\" y=\"56\" fill=\"blue\">this appliance (QEMU TCG)</text>\n</svg>\n", w - 220.0, w - 220.0));
     std::fs::write(path, svg)?;
     Ok(())

@@ -40,6 +40,9 @@ pub struct PairConfig {
     pub accel: Accel,
     /// Deadline for boots and state changes.
     pub timeout: Duration,
+    /// A virtio-blk disk of this many MiB per box for the state log (kept across
+    /// `restart`, removed with the pair); `None`: no disk.
+    pub disk_mib: Option<u32>,
 }
 
 impl Default for PairConfig {
@@ -51,6 +54,7 @@ impl Default for PairConfig {
             dedicated_link: true,
             accel: Accel::Tcg,
             timeout: Duration::from_secs(60),
+            disk_mib: None,
         }
     }
 }
@@ -81,6 +85,8 @@ pub struct Pair {
     /// The sink.
     pub sink: Sink,
     config: PairConfig,
+    /// The boxes' disks (`PairConfig::disk_mib`), kept across restarts.
+    disks: Option<crate::vm::DiskDirectory>,
 }
 
 /// A box's state as `show status --json` reports it.
@@ -109,6 +115,10 @@ impl Pair {
             nics.push("link");
         }
         let mut boxes = Vec::new();
+        let disks = match config.disk_mib {
+            Some(_) => Some(crate::vm::DiskDirectory::new("pair")?),
+            None => None,
+        };
         for (index, name) in NAMES.iter().enumerate() {
             let node = index as u8 + 1;
             let priority = if index == 0 { 200 } else { 100 };
@@ -118,6 +128,10 @@ impl Pair {
             ));
             vm.accel = config.accel;
             vm.lifetime = Duration::from_secs(3600);
+            if let (Some(disks), Some(mib)) = (&disks, config.disk_mib) {
+                let path = disks.create(name, mib)?;
+                vm.extra_args.extend(crate::vm::disk_args(&path, "d0"));
+            }
             let mut ports = Vec::new();
             for (nic_index, nic) in nics.iter().enumerate() {
                 let port = fabric.add_vm_port(
@@ -148,6 +162,7 @@ impl Pair {
             sink_port,
             sink,
             config,
+            disks,
         };
         // A first, so that it is the first to finish probing and becomes Master.
         pair.boot(0)?;
@@ -168,6 +183,12 @@ impl Pair {
             ports: b.ports.clone(),
         });
         Ok(())
+    }
+
+    /// The disk image of box `index`, when the pair has disks.
+    pub fn disk_path(&self, index: usize) -> Option<std::path::PathBuf> {
+        let disks = self.disks.as_ref()?;
+        Some(disks.path().join(format!("{}.img", NAMES[index])))
     }
 
     /// The VM of box `index`.
@@ -261,7 +282,9 @@ impl Pair {
     /// `cut A.lan` / `mend A.lan`: the cable of that NIC is pulled or plugged back in:
     /// the NIC's link goes down (QMP `set_link`), as the guest's driver sees it.
     pub fn set_port(&mut self, port: &str, up: bool) -> Result<u64> {
-        let (name, nic) = port.split_once('.').ok_or_else(|| lab_error!("'{port}' is not BOX.NIC, like A.lan"))?;
+        let (name, nic) = port
+            .split_once('.')
+            .ok_or_else(|| lab_error!("'{port}' is not BOX.NIC, like A.lan"))?;
         let index = Self::index_of(name)?;
         let nic_index = self.boxes[index]
             .ports

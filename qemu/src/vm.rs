@@ -168,6 +168,70 @@ impl VmConfig {
     }
 }
 
+/// Creates (or replaces) a raw disk image of `mib` MiB at `path`, every byte written as
+/// zero. Not sparse on purpose: with `cache=none` a write into a hole makes the host's
+/// `fdatasync` commit file-system metadata too (measured here: p90 4 ms against 0.26 ms
+/// into written blocks), which would show as the guest's flush latency.
+pub fn create_disk(path: &Path, mib: u32) -> Result {
+    let mut file =
+        File::create(path).map_err(|e| lab_error!("cannot create disk {}: {e}", path.display()))?;
+    let zeros = vec![0u8; 1 << 20];
+    for _ in 0..mib {
+        file.write_all(&zeros)?;
+    }
+    file.sync_all()?;
+    Ok(())
+}
+
+/// QEMU arguments attaching the raw image `path` as a virtio-blk disk with the id `id`:
+/// `cache=none` (O_DIRECT on the host; a guest FLUSH becomes `fdatasync`).
+pub fn disk_args(path: &Path, id: &str) -> Vec<String> {
+    vec![
+        "-drive".to_string(),
+        format!(
+            "file={},if=none,id={id},format=raw,cache=none",
+            path.display()
+        ),
+        "-device".to_string(),
+        format!("virtio-blk-pci,drive={id}"),
+    ]
+}
+
+/// A directory of disk images that outlives the VMs using it (a box keeps its disk
+/// across `restart`); removed on drop unless `DUPLEX_KEEP_RUNS` is set.
+#[derive(Debug)]
+pub struct DiskDirectory {
+    path: PathBuf,
+}
+
+impl DiskDirectory {
+    /// A fresh directory under the temporary directory.
+    pub fn new(name: &str) -> Result<DiskDirectory> {
+        let path = run_dir(&format!("disks-{name}"))?;
+        Ok(DiskDirectory { path })
+    }
+
+    /// Creates disk `name` of `mib` MiB in it and returns its path.
+    pub fn create(&self, name: &str, mib: u32) -> Result<PathBuf> {
+        let path = self.path.join(format!("{name}.img"));
+        create_disk(&path, mib)?;
+        Ok(path)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for DiskDirectory {
+    fn drop(&mut self) {
+        if std::env::var_os("DUPLEX_KEEP_RUNS").is_none() {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
 /// The exit status QEMU reports when the guest writes the pass code to `isa-debug-exit`.
 pub const EXIT_PASS: i32 = 33;
 /// ... and the failure code (exceptions, panics).

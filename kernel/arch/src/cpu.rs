@@ -23,10 +23,12 @@ use x86_64::structures::tss::TaskStateSegment;
 use crate::hooks;
 use crate::machine;
 
-/// First vector used by hardware interrupts (PIC IRQ 0 / local APIC timer).
-pub const IRQ_BASE: u8 = 32;
-/// The timer vector.
-pub const TIMER_VECTOR: u8 = IRQ_BASE;
+/// The 1 kHz tick's vector (local APIC timer).
+pub const TIMER_VECTOR: u8 = 32;
+/// First vector of the 8259 PICs (IRQ 0 = the PIT, the main loop's wake-up).
+pub const IRQ_BASE: u8 = 40;
+/// The PIT's vector: 4 kHz wake-ups (and, without a local APIC timer, the 1 kHz tick).
+pub const WAKE_VECTOR: u8 = IRQ_BASE;
 /// The local APIC spurious-interrupt vector.
 pub const SPURIOUS_VECTOR: u8 = 0xff;
 
@@ -294,6 +296,10 @@ extern "C" fn arch_interrupt_dispatch(frame: &mut InterruptFrame) {
         0..=31 => exception(frame),
         TIMER_VECTOR => {
             crate::timer::on_tick();
+            crate::timer::end_of_interrupt(vector);
+        }
+        WAKE_VECTOR => {
+            crate::timer::on_wake();
             crate::timer::end_of_interrupt(vector);
         }
         SPURIOUS_VECTOR => {

@@ -5,8 +5,9 @@
 //!   arriving, so a late or lost tick does not bend time.
 //! - The tick comes from the local APIC timer where the CPU has one (calibrated in the
 //!   same 10 ms window), else from PIT channel 0 through the 8259 PIC. Either way it is
-//!   vector [`TIMER_VECTOR`](crate::cpu::TIMER_VECTOR) at 8 kHz; every eighth interrupt
-//!   is a tick of the 1 kHz clock that [`ticks`] counts and the tick hook sees.
+//!   vector [`TIMER_VECTOR`](crate::cpu::TIMER_VECTOR) at 1 kHz. The PIT also runs at
+//!   4 kHz on [`WAKE_VECTOR`](crate::cpu::WAKE_VECTOR) to wake the main loop (without a
+//!   local APIC the PIT runs at 1 kHz and is the tick).
 
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
@@ -15,11 +16,11 @@ use x86_64::instructions::port::Port;
 
 /// Tick rate in Hz: the rate of [`ticks`] and of the tick hook.
 pub const TICK_HZ: u64 = 1000;
-/// Timer interrupts per tick. The interrupt runs at `TICK_HZ * WAKES_PER_TICK` (8 kHz) so
-/// that the main loop, which sleeps in `hlt` when it has nothing to do, wakes every
-/// 125 us to poll its NICs (they run without interrupts); the tick hook runs on every
-/// eighth interrupt.
-pub const WAKES_PER_TICK: u64 = 8;
+/// PIT interrupts per tick when the local APIC timer makes the tick. The PIT then runs at
+/// `TICK_HZ * WAKES_PER_TICK` (4 kHz) so that the main loop, which sleeps in `hlt` when it
+/// has nothing to do, wakes every 250 us to poll its NICs (they run without interrupts).
+/// Without a local APIC the PIT runs at 1 kHz and is the tick itself.
+pub const WAKES_PER_TICK: u64 = 4;
 const PIT_HZ: u64 = 1_193_182;
 const CALIBRATION_MS: u64 = 10;
 const LAPIC_BASE: usize = 0xfee0_0000;
@@ -38,6 +39,8 @@ static TSC_HZ: AtomicU64 = AtomicU64::new(0);
 /// ns = (tsc_delta * MULT) >> 32
 static TSC_MULT: AtomicU64 = AtomicU64::new(0);
 static USE_LAPIC: AtomicBool = AtomicBool::new(false);
+/// The tick comes from every eighth PIT interrupt (no local APIC timer).
+static PIT_TICKS: AtomicBool = AtomicBool::new(false);
 static LAPIC_COUNT_PER_TICK: AtomicU64 = AtomicU64::new(0);
 
 /// Which device drives the tick.
@@ -112,12 +115,12 @@ unsafe fn inb(port: u16) -> u8 {
 
 fn pic_init(unmask_timer: bool) {
     // SAFETY: the ICW sequence below is the documented 8259 initialisation: vectors
-    // 32..47, cascade on IRQ 2, 8086 mode. Then everything is masked but (maybe) IRQ 0.
+    // 40..55, cascade on IRQ 2, 8086 mode. Then everything is masked but (maybe) IRQ 0.
     unsafe {
         outb(0x20, 0x11);
         outb(0xa0, 0x11);
-        outb(0x21, 32);
-        outb(0xa1, 40);
+        outb(0x21, crate::cpu::IRQ_BASE);
+        outb(0xa1, crate::cpu::IRQ_BASE + 8);
         outb(0x21, 4);
         outb(0xa1, 2);
         outb(0x21, 0x01);
@@ -227,8 +230,31 @@ pub fn init(preference: TickPreference) -> TimerInfo {
     );
     TSC_BASE.store(rdtsc(), Ordering::Relaxed);
 
-    let per_tick = (u128::from(apic) * u128::from(PIT_HZ)
-        / (u128::from(pit) * u128::from(TICK_HZ * WAKES_PER_TICK))) as u64;
+    let per_tick =
+        (u128::from(apic) * u128::from(PIT_HZ) / (u128::from(pit) * u128::from(TICK_HZ))) as u64;
+    // The PIT wakes the main loop (4 kHz with a local APIC timer, else 1 kHz as the tick),
+    // through the PIC; the local APIC's LINT0 in virtual-wire mode passes it on.
+    // Without a local APIC timer the PIT is the tick itself, at 1 kHz.
+    let use_lapic = lapic && per_tick > 0;
+    let rate = if use_lapic {
+        TICK_HZ * WAKES_PER_TICK
+    } else {
+        TICK_HZ
+    };
+    let divisor = ((PIT_HZ + rate / 2) / rate) as u16;
+    // SAFETY: 0x34 selects channel 0, lobyte/hibyte, mode 2 (rate generator).
+    unsafe {
+        outb(0x43, 0x34);
+        outb(0x40, divisor as u8);
+        outb(0x40, (divisor >> 8) as u8);
+    }
+    pic_init(true);
+    if has_lapic() {
+        // Firmware usually leaves the local APIC in virtual-wire mode (LINT0 = ExtINT) so
+        // the PIC's interrupts reach the CPU; minimal firmware does not.
+        lapic_write(LAPIC_SVR, 0x100 | u32::from(crate::cpu::SPURIOUS_VECTOR));
+        lapic_write(LAPIC_LVT_LINT0, 0x700);
+    }
     if lapic && per_tick > 0 {
         USE_LAPIC.store(true, Ordering::Relaxed);
         LAPIC_COUNT_PER_TICK.store(per_tick, Ordering::Relaxed);
@@ -246,21 +272,7 @@ pub fn init(preference: TickPreference) -> TimerInfo {
             lapic_count_per_tick: per_tick,
         }
     } else {
-        let rate = TICK_HZ * WAKES_PER_TICK;
-        let divisor = ((PIT_HZ + rate / 2) / rate) as u16;
-        // SAFETY: 0x34 selects channel 0, lobyte/hibyte, mode 2 (rate generator).
-        unsafe {
-            outb(0x43, 0x34);
-            outb(0x40, divisor as u8);
-            outb(0x40, (divisor >> 8) as u8);
-        }
-        pic_init(true);
-        if has_lapic() {
-            // Firmware usually leaves the local APIC in virtual-wire mode (LINT0 =
-            // ExtINT) so the PIC's interrupts reach the CPU; minimal firmware does not.
-            lapic_write(LAPIC_SVR, 0x100 | u32::from(crate::cpu::SPURIOUS_VECTOR));
-            lapic_write(LAPIC_LVT_LINT0, 0x700);
-        }
+        PIT_TICKS.store(true, Ordering::Relaxed);
         TimerInfo {
             source: TickSource::Pit,
             tsc_hz,
@@ -269,12 +281,18 @@ pub fn init(preference: TickPreference) -> TimerInfo {
     }
 }
 
-/// Called by the dispatcher on every timer interrupt.
+/// Called by the dispatcher on every tick interrupt (the local APIC timer, 1 kHz).
 pub(crate) fn on_tick() {
+    let ticks = TICKS.fetch_add(1, Ordering::Relaxed) + 1;
+    crate::hooks::tick(ticks);
+}
+
+/// Called by the dispatcher on every PIT interrupt: wakes the main loop; without a local
+/// APIC timer it is also the tick.
+pub(crate) fn on_wake() {
     let wakes = WAKES.fetch_add(1, Ordering::Relaxed) + 1;
-    if wakes.is_multiple_of(WAKES_PER_TICK) {
-        let ticks = TICKS.fetch_add(1, Ordering::Relaxed) + 1;
-        crate::hooks::tick(ticks);
+    if PIT_TICKS.load(Ordering::Relaxed) {
+        on_tick();
     }
 }
 
@@ -289,9 +307,12 @@ pub(crate) fn end_of_interrupt(vector: u8) {
         lapic_write(LAPIC_EOI, 0);
         return;
     }
+    if vector < crate::cpu::IRQ_BASE {
+        return;
+    }
     // SAFETY: 0x20 to a PIC's command port is the non-specific end-of-interrupt.
     unsafe {
-        if vector >= 40 {
+        if vector >= crate::cpu::IRQ_BASE + 8 {
             outb(0xa0, 0x20);
         }
         outb(0x20, 0x20);

@@ -85,6 +85,21 @@ pub struct BootOptions {
     pub heartbeat_us: u32,
     /// Boot incarnation override (`incarnation=N`); `None`: from the real-time clock.
     pub incarnation: Option<u32>,
+    /// The replicated state log (`log=on|off|format`).
+    pub log: LogChoice,
+}
+
+/// What to do with the replicated state log's block device at boot (`log=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogChoice {
+    /// Open the log on the first virtio-blk device and recover it; format a device that
+    /// carries no log yet (never one that carries a damaged or foreign one).
+    #[default]
+    On,
+    /// No state log.
+    Off,
+    /// Format the device (everything on it is lost), then run as with `on`.
+    Format,
 }
 
 /// How the appliance runs.
@@ -114,6 +129,7 @@ impl Default for BootOptions {
             key: None,
             heartbeat_us: 1000,
             incarnation: None,
+            log: LogChoice::On,
         }
     }
 }
@@ -132,6 +148,7 @@ pub const KNOWN_KEYS: &[(&str, &str)] = &[
     ("key", "a shared secret of 8-64 printable characters"),
     ("hb_us", "a heartbeat interval in microseconds, 250-100000"),
     ("incarnation", "a boot number 1-4294967295"),
+    ("log", "on, off or format"),
 ];
 
 /// One rejected word of the command line.
@@ -258,6 +275,12 @@ pub fn parse(cmdline: &str) -> (BootOptions, Vec<OptionError>) {
                 Ok(n) if n >= 1 => options.incarnation = Some(n),
                 _ => errors.push(reject(bad_value())),
             },
+            "log" => match value {
+                "on" => options.log = LogChoice::On,
+                "off" => options.log = LogChoice::Off,
+                "format" => options.log = LogChoice::Format,
+                _ => errors.push(reject(bad_value())),
+            },
             "watchdog_ms" => match value.parse::<u32>() {
                 Ok(ms) if (1..=3_600_000).contains(&ms) => options.watchdog_ms = Some(ms),
                 _ => errors.push(reject(bad_value())),
@@ -314,6 +337,16 @@ mod tests {
         assert_eq!(o.key.as_deref(), Some("sekrit-pass"));
         let (_, e) = parse("mode=triple priority=256 group=0 key=short hb_us=10 incarnation=0");
         assert_eq!(e.len(), 6, "{e:?}");
+    }
+
+    #[test]
+    fn log_option() {
+        assert_eq!(parse("").0.log, LogChoice::On);
+        assert_eq!(parse("log=off").0.log, LogChoice::Off);
+        assert_eq!(parse("log=format").0.log, LogChoice::Format);
+        let (o, e) = parse("log=maybe");
+        assert_eq!(o.log, LogChoice::On);
+        assert!(e[0].message.contains("on, off or format"), "{e:?}");
     }
 
     #[test]
