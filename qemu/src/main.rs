@@ -28,7 +28,7 @@ commands:
                                 one appliance between source and sink: highest rate with
                                 loss < 0.1 % (median of N rounds, default 3), Mbit/s, latency
                                 at half that rate, and the fabric's own ceiling and the ratio
-  bench log [--records N] [--size B] [--rate R] [--flood N] [--single] [--json]
+  bench log [--records N] [--size B] [--rate R] [--flood N] [--hb-us N] [--single] [--json]
                                 the replicated state log on a pair with a disk per box:
                                 log_async stall, commit and flush, replication latency
                                 p50/p90/p99 (paced run, default 3000 x 64 B at 1000/s) and
@@ -298,18 +298,14 @@ fn cmd_demo(mut args: Args) -> Result {
     );
     println!();
     if std::env::var_os("DUPLEX_DEMO_VERBOSE").is_some() {
-        for index in 0..2 {
+        for (index, name) in NAMES.iter().enumerate() {
             if let Ok(vm) = pair.vm(index) {
-                for line in vm
-                    .console_text()
-                    .lines()
-                    .filter(|l| l.starts_with("duplex:"))
-                {
-                    eprintln!("  {}: {line}", NAMES[index]);
+                for line in vm.console_text().lines().filter(|l| l.starts_with("duplex:")) {
+                    eprintln!("  {name}: {line}");
                 }
                 if let Ok(stats) = vm.command("stats", Duration::from_secs(5)) {
                     for line in stats.lines().filter(|l| l.starts_with("loop_gaps")) {
-                        eprintln!("  {}: {line}", NAMES[index]);
+                        eprintln!("  {name}: {line}");
                     }
                 }
             }
