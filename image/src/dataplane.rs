@@ -57,6 +57,8 @@ pub struct Dataplane {
     pub held: alloc::collections::VecDeque<(usize, Option<usize>, Vec<u8>)>,
     /// Frames a full hold queue dropped, held frames forwarded, and held frames discarded.
     pub hold_counters: [u64; 3],
+    /// Frames dropped by the loop guard (a station seen on the other side).
+    pub loop_drops: u64,
     /// Gratuitous ARPs sent after takeovers.
     pub announcements: u64,
     /// Replication frames (EtherType 0x88B6) for the state log: (ingress port, frame),
@@ -107,6 +109,7 @@ impl Dataplane {
             heartbeats_out: 0,
             heartbeats_dropped: 0,
             announcements: 0,
+            loop_drops: 0,
             held: alloc::collections::VecDeque::new(),
             hold_counters: [0; 3],
             replication_in: alloc::collections::VecDeque::new(),
@@ -145,6 +148,7 @@ impl Dataplane {
             let mut node = duplex.as_mut().map(|d| &mut d.node);
             let heartbeats_in = &mut self.heartbeats_in;
             let heartbeats_refused = &mut self.heartbeats_refused;
+            let loop_drops = &mut self.loop_drops;
             let replication_in = &mut self.replication_in;
             let replication_dropped = &mut self.replication_dropped;
             let is_bridged = ingress < bridged;
@@ -195,7 +199,19 @@ impl Dataplane {
                     return;
                 }
                 bridged_bytes += frame.len() as u64;
+                let moves_before = bridge.counters().moves;
                 let decision = bridge.decide(PortId(ingress as u16), frame, now);
+                // Loop guard: a frame whose source was last seen on the other side of the
+                // bridge is a station move. With one forwarder that is rare (a station really
+                // moved: its first frame is dropped); with two (a dual-Master moment in
+                // parallel mode, where both boxes sit on the same hubs) it is every frame the
+                // other box forwarded, and forwarding it back would loop it.
+                let decision = if bridge.counters().moves != moves_before {
+                    *loop_drops += 1;
+                    Decision::Drop(duplex_nad::DropReason::Filtered)
+                } else {
+                    decision
+                };
                 let (flood, target, local) = match decision {
                     Decision::Forward(p) => (false, Some(p.0 as usize), false),
                     Decision::Flood => (true, None, false),
@@ -407,6 +423,7 @@ impl Dataplane {
                 );
             }
         }
+        let _ = write!(out, "loop guard: {} frames dropped (station seen on the other side)\r\n", self.loop_drops);
         let c = self.bridge.counters();
         let _ = write!(
             out,

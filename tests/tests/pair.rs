@@ -9,12 +9,12 @@ use std::time::Duration;
 use duplex_lab::pair::{NAMES, Pair, PairConfig, measure};
 use duplex_tests::exclusive;
 
-/// Tests run the pair with 2 ms heartbeats (hard timeout about 10 ms): under emulation on
+/// Tests run the pair with 5 ms heartbeats (hard timeout about 25 ms): under emulation on
 /// a shared 2-core machine the VMs stall for a few milliseconds now and then, and these
 /// tests check behaviour, not speed (`cargo lab bench failover` measures speed).
 fn pair() -> Pair {
     Pair::start(PairConfig {
-        heartbeat_us: 2000,
+        heartbeat_us: 5000,
         ..PairConfig::default()
     })
     .unwrap_or_else(|e| panic!("{e}"))
