@@ -147,8 +147,14 @@ fn a_heartbeat_partition_on_one_path_does_not_fail_over() {
     pair.partition(Some("lan"), true).unwrap();
     // Two seconds: a thousand heartbeat intervals on the other paths.
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(pair.state(master).unwrap(), "Master");
-    assert_eq!(pair.state(standby).unwrap(), "Slave");
+    let states = (pair.state(master).unwrap(), pair.state(standby).unwrap());
+    assert_eq!(
+        states,
+        ("Master".to_string(), "Slave".to_string()),
+        "master:\n{}\nstandby:\n{}",
+        console_of(&mut pair, master),
+        console_of(&mut pair, standby)
+    );
     let after = claims(&console_of(&mut pair, standby));
     assert_eq!(
         before,
