@@ -17,14 +17,19 @@
 //!   peer's, so that histories written by different primaries never mix; a primary told
 //!   by its peer that a newer epoch exists (`superseded`) takes a newer one still. A primary
 //!   attaches its peer while the Duplex node hears it alive *and* the peer's replication
-//!   frames arrive (within [`PEER_SILENCE`]); `log_sync` then waits for the peer's disk.
+//!   frames arrive (within [`PEER_SILENCE`]), and detaches it when the node has called it
+//!   dead for [`DETACH_GRACE`] or its frames stop; `log_sync` waits for an attached
+//!   peer's disk.
 //! - **Transport.** Replication frames travel in Ethernet frames of EtherType `0x88B6` to
 //!   the group address `03:44:50:52:GG:GG` on the dedicated link port (the third NIC), or on
-//!   the LAN port when there is none. Each carries a 16-byte tag after the replog frame:
+//!   the LAN port when there is none, or on the first bridged port whose link is up when
+//!   that one's is down; they are taken from any port. Each carries a 16-byte tag after the replog frame:
 //!   the heartbeat key's BLAKE3 keyed hash over the EtherType (2 bytes, big-endian) and the
 //!   replog frame (replog SPEC §5.1). Frames without a valid tag are dropped and counted.
 //!   The dataplane queues received frames ([`crate::dataplane::Dataplane::replication_in`]);
-//!   the service drains the queue every main-loop pass.
+//!   the service takes up to 8 of them per main-loop pass and sends up to 4 (tagging or
+//!   checking a full frame costs about 50 us under emulation), and comes back at once
+//!   while more wait.
 //! - **State.** The first state logged is the bridge: its configuration, and every change
 //!   of its MAC table (found by comparing the table with what was logged, every
 //!   [`TABLE_CHECK`] when the bridge's counters moved and every [`TABLE_FULL_CHECK`] in any
@@ -42,9 +47,23 @@
 //! | 0x0F01 | operator note | UTF-8 text, at most 200 bytes |
 //! | 0x0F02 | benchmark record | anything; replay only counts it |
 //!
-//! All integers little-endian. The disk write and flush of a commit run synchronously in
-//! the main loop (the `BlockDevice` trait is synchronous); [`Disk`] measures how long, and
-//! `show log` and `log bench` report it as the main-loop stall the log causes.
+//! All integers little-endian.
+//!
+//! **The main loop never waits for the disk.** `duplex_hal::BlockDevice` is synchronous and
+//! a write plus flush takes about a millisecond here (host `fdatasync`), so [`Disk`] runs
+//! each commit asynchronously through the driver's `start_write` / `start_flush` /
+//! `poll_request` and answers replog's `flush` with `Busy` until the commit is durable;
+//! meanwhile new records wait in a staging queue (a copy, like the ring) and a replica
+//! leaves received frames queued, so that replog builds the identical commit again and
+//! takes it as durable (see [`Disk`]). `show log` reports the longest pass of the service
+//! (its stall on the main loop) and where the time went. The price: records staged
+//! during a commit reach replog's ring, and so the peer, only after that commit, and a
+//! replica takes no frame while its own commit runs. A replog `poll` that commits only up
+//! to a given sequence would lift both (the ring could take records at any time).
+//!
+//! Long console lines of the service (the `LOG BENCH` result) are written a few bytes per
+//! pass: the emulated UART costs about 5 us a byte, and a whole line at once would hold
+//! the loop for milliseconds.
 
 use alloc::collections::{BTreeMap, VecDeque};
 use alloc::format;
@@ -63,7 +82,7 @@ use duplex_mgmt::markers;
 use duplex_mgmt::options::{BootOptions, LogChoice};
 use duplex_nad::{Bridge, PortId, SnapshotEntry, TableSnapshot};
 use duplex_replog::bridge::{self as records, BridgeRecord, BridgeState, MacEntry};
-use duplex_replog::{Config, Error, Log, Record, RecoveryReport, Role, Ticket, wire};
+use duplex_replog::{Config, Error, Log, Record, RecoveryReport, Role, wire};
 
 use crate::dataplane::Dataplane;
 use crate::net::Port;
@@ -97,6 +116,8 @@ const TAG_LEN: usize = duplex_core::wire::TAG_LEN;
 const ETHERNET_HEADER_LEN: usize = 14;
 /// The replog frame length: what fits a 1514-byte Ethernet frame with the tag.
 const FRAME_LEN: usize = 1514 - ETHERNET_HEADER_LEN - TAG_LEN;
+/// An attached peer the Duplex node calls dead is detached after this long.
+pub const DETACH_GRACE: Duration = Duration::from_millis(50);
 /// How often the primary asks the Duplex node whether its peer is alive.
 const PEER_CHECK: Duration = Duration::from_millis(10);
 /// A superseded primary takes a newer epoch at most this often.
@@ -104,13 +125,25 @@ const EPOCH_BUMP_INTERVAL: Duration = Duration::from_millis(50);
 /// After a device error the writer waits this long before it tries again.
 const DEVICE_RETRY: Duration = Duration::from_millis(100);
 /// Benchmark records logged per main-loop pass at most.
-const BENCH_BATCH: u32 = 512;
+const BENCH_BATCH: u32 = 128;
 /// Latency marks a benchmark keeps at most (records sampled evenly).
 const BENCH_MARKS: u32 = 4096;
-/// Stall samples a benchmark keeps at most.
-const BENCH_STALLS: usize = 200_000;
 /// A benchmark gives up after this long.
 const BENCH_TIMEOUT: Duration = Duration::from_secs(120);
+/// Payload bytes the staging queue holds at most (records logged while a commit is on
+/// its way to the disk).
+const STAGING_BYTES: usize = 1 << 20;
+/// Records the staging queue holds at most.
+const STAGING_RECORDS: usize = 16_384;
+/// Console bytes the service writes per pass at most (about 0.3 ms of emulated UART).
+const CONSOLE_BYTES_PER_PASS: usize = 64;
+/// Replication frames sent, and received, per main-loop pass at most.
+const FRAMES_PER_PASS: usize = 4;
+/// Parts of a pass timed for `show log`.
+const PHASES: usize = 6;
+/// While a batch is on the disk, the service looks again this soon (the timer wakes the
+/// main loop every 125 us anyway).
+const DISK_POLL: Duration = Duration::from_micros(100);
 
 /// The replication group address `03:44:50:52:GG:GG` ("DPR" and the Duplex group).
 pub fn group_address(group: u16) -> MacAddress {
@@ -300,25 +333,150 @@ impl AppState {
 
 // ----- the disk -----
 
-/// The virtio-blk device with timings.
+/// Writes of one commit or superblock update, as replog asked for them: (block, bytes).
+type Batch = Vec<(u64, Vec<u8>)>;
+
+/// A batch on its way to the disk: its writes one request at a time, then a flush.
+struct InFlight {
+    writes: Batch,
+    /// The next write to start, and the bytes of it already started.
+    next: usize,
+    offset: usize,
+    flushing: bool,
+    started: Instant,
+    flush_started: Instant,
+    request_started: Instant,
+}
+
+/// The virtio-blk device as the log sees it, with timings.
+///
+/// At boot (`Log::open`, `Log::format`) it is synchronous. Then it turns asynchronous, so
+/// that the main loop never waits for the disk: `write` only records what replog asks
+/// for; `flush` starts that batch (its writes, then a FLUSH, one request at a time, moved
+/// along by [`Disk::advance`] every pass) and answers `Busy`; replog keeps its records and
+/// builds the same commit again at its next `poll`, which the service makes only once the
+/// batch is done ([`Disk::busy`] false) and without adding records in between (records
+/// wait in the service's staging queue, replicated frames in the dataplane's queue). This
+/// time `flush` finds the identical batch durable and answers `Ok`: replog then counts
+/// the commit as on disk, as it would after a synchronous flush.
 pub struct Disk {
     device: VirtioBlk,
     /// PCI address, for the console.
     pub address: pci::PciAddress,
-    /// Flushes since boot.
+    asynchronous: bool,
+    captured: Batch,
+    in_flight: Option<InFlight>,
+    /// The last batch made durable, until replog's `flush` takes it.
+    durable: Option<Batch>,
+    /// The error the last batch ended with, for replog's next `flush`.
+    failed: Option<duplex_hal::Error>,
+    /// Batches started (commits and superblock updates).
+    pub batches: u64,
+    /// Flushes started.
     pub flushes: u64,
-    /// Time of the last flush.
+    /// Time of the last flush request.
     pub last_flush: Duration,
-    /// Longest flush.
+    /// Longest flush request.
     pub max_flush: Duration,
-    /// Longest write request (one call).
-    pub max_write: Duration,
-    /// Flush durations in ns, while a benchmark records them.
-    samples: Option<Vec<u32>>,
+    /// Time of the last batch (writes and flush).
+    pub last_commit: Duration,
+    /// Longest batch.
+    pub max_commit: Duration,
+    /// Flush and batch durations in ns, while a benchmark records them.
+    samples: Option<(Histogram, Histogram)>,
 }
 
 fn nanos(duration: Duration) -> u32 {
     u32::try_from(duration.as_nanos()).unwrap_or(u32::MAX)
+}
+
+/// How long one device request may take before the disk is given up.
+const DEVICE_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl Disk {
+    /// A batch is on its way to the disk.
+    pub fn busy(&self) -> bool {
+        self.in_flight.is_some()
+    }
+
+    /// A batch is durable and replog has not taken it yet.
+    pub fn holding(&self) -> bool {
+        self.durable.is_some()
+    }
+
+    fn end(&mut self, error: duplex_hal::Error) {
+        self.failed = Some(error);
+        self.in_flight = None;
+    }
+
+    /// Moves the batch in flight along: checks the request on the device and starts the
+    /// next one. Never waits.
+    pub fn advance(&mut self) {
+        let Some(mut batch) = self.in_flight.take() else {
+            return;
+        };
+        loop {
+            if self.device.request_in_flight() {
+                match self.device.poll_request() {
+                    None => {
+                        if timer::now().saturating_since(batch.request_started) > DEVICE_TIMEOUT {
+                            let error = self
+                                .device
+                                .abort_request()
+                                .err()
+                                .unwrap_or(duplex_hal::Error::Timeout);
+                            return self.end(error);
+                        }
+                        self.in_flight = Some(batch);
+                        return;
+                    }
+                    Some(Ok(())) => {}
+                    Some(Err(error)) => return self.end(error),
+                }
+                if batch.flushing {
+                    let now = timer::now();
+                    let flush = now.saturating_since(batch.flush_started);
+                    let commit = now.saturating_since(batch.started);
+                    self.last_flush = flush;
+                    self.max_flush = self.max_flush.max(flush);
+                    self.last_commit = commit;
+                    self.max_commit = self.max_commit.max(commit);
+                    if let Some((flushes, commits)) = self.samples.as_mut() {
+                        flushes.record(nanos(flush));
+                        commits.record(nanos(commit));
+                    }
+                    self.durable = Some(batch.writes);
+                    return;
+                }
+            }
+            let now = timer::now();
+            batch.request_started = now;
+            let started = match batch.writes.get(batch.next) {
+                Some((block, bytes)) => {
+                    let len = (bytes.len() - batch.offset).min(self.device.max_request_bytes());
+                    let first = block + (batch.offset / self.device.block_size()) as u64;
+                    let result = self
+                        .device
+                        .start_write(first, &bytes[batch.offset..batch.offset + len]);
+                    batch.offset += len;
+                    if batch.offset >= bytes.len() {
+                        batch.next += 1;
+                        batch.offset = 0;
+                    }
+                    result
+                }
+                None => {
+                    batch.flushing = true;
+                    batch.flush_started = now;
+                    self.flushes += 1;
+                    self.device.start_flush()
+                }
+            };
+            if let Err(error) = started {
+                return self.end(error);
+            }
+        }
+    }
 }
 
 impl BlockDevice for Disk {
@@ -332,22 +490,52 @@ impl BlockDevice for Disk {
         self.device.read(block, buf)
     }
     fn write(&mut self, block: u64, buf: &[u8]) -> duplex_hal::Result {
-        let started = timer::now();
-        let result = self.device.write(block, buf);
-        self.max_write = self.max_write.max(timer::now().saturating_since(started));
-        result
+        if !self.asynchronous {
+            return self.device.write(block, buf);
+        }
+        if !buf.is_empty() {
+            self.captured.push((block, buf.to_vec()));
+        }
+        Ok(())
     }
     fn flush(&mut self) -> duplex_hal::Result {
-        let started = timer::now();
-        let result = self.device.flush();
-        let took = timer::now().saturating_since(started);
-        self.flushes += 1;
-        self.last_flush = took;
-        self.max_flush = self.max_flush.max(took);
-        if let Some(samples) = self.samples.as_mut() {
-            samples.push(nanos(took));
+        if !self.asynchronous {
+            let started = timer::now();
+            let result = self.device.flush();
+            let took = timer::now().saturating_since(started);
+            self.flushes += 1;
+            self.last_flush = took;
+            self.max_flush = self.max_flush.max(took);
+            return result;
         }
-        result
+        let batch = core::mem::take(&mut self.captured);
+        if let Some(error) = self.failed.take() {
+            return Err(error);
+        }
+        if batch.is_empty() {
+            return Ok(());
+        }
+        if self.durable.as_ref() == Some(&batch) {
+            self.durable = None;
+            return Ok(());
+        }
+        if self.busy() {
+            return Err(duplex_hal::Error::Busy);
+        }
+        let now = timer::now();
+        self.durable = None;
+        self.batches += 1;
+        self.in_flight = Some(InFlight {
+            writes: batch,
+            next: 0,
+            offset: 0,
+            flushing: false,
+            started: now,
+            flush_started: now,
+            request_started: now,
+        });
+        self.advance();
+        Err(duplex_hal::Error::Busy)
     }
 }
 
@@ -365,28 +553,108 @@ struct Bench {
     stride: u32,
     last_sequence: u64,
     peer: bool,
-    stall: Vec<u32>,
+    stall: Histogram,
     marks: Vec<(u64, Instant)>,
     cursors: [usize; 3],
     /// Latencies to local durability, peer receipt, peer durability (ns).
-    latency: [Vec<u32>; 3],
-    commit: Vec<u32>,
+    latency: [Histogram; 3],
+
     pass_max: Duration,
-    pass: Vec<u32>,
+    pass: Histogram,
     commits_before: u64,
+    /// The last attempt found the ring (or the staging queue) full.
+    blocked: bool,
 }
 
-/// Nearest-rank percentile of `samples` (sorted in place), in µs with one decimal.
-fn percentile_us(samples: &mut [u32], p: u32) -> String {
-    if samples.is_empty() {
-        return String::from("null");
+impl Bench {
+    /// When the next records are due: at the rate's pace; at once for a flood (the loop
+    /// still sleeps while the ring and the staging queue are full and the disk is busy,
+    /// as `poll_at` then says); a short look while waiting for the last acknowledgements.
+    fn next_due(&self, now: Instant) -> Instant {
+        if self.logged >= self.count {
+            return now + DISK_POLL;
+        }
+        if self.rate == 0 {
+            return if self.blocked { now + DISK_POLL } else { now };
+        }
+        let nanos = u128::from(self.logged + 1) * 1_000_000_000 / u128::from(self.rate);
+        self.started + Duration::from_nanos(u64::try_from(nanos).unwrap_or(u64::MAX))
     }
-    samples.sort_unstable();
-    let rank = (samples.len() * p as usize)
-        .div_ceil(100)
-        .clamp(1, samples.len());
-    let ns = samples[rank - 1];
-    format!("{}.{}", ns / 1000, (ns % 1000) / 100)
+}
+
+/// A histogram of durations in ns with about 1.5 % resolution (64 exact buckets, then
+/// 32 per power of two): recording is O(1) and a percentile is one pass over 896
+/// buckets, so a benchmark's result costs the main loop nothing worth noticing.
+struct Histogram {
+    counts: Vec<u32>,
+    total: u64,
+    max: u32,
+}
+
+impl Histogram {
+    const BUCKETS: usize = 64 + 26 * 32;
+
+    fn new() -> Histogram {
+        Histogram {
+            counts: alloc::vec![0; Histogram::BUCKETS],
+            total: 0,
+            max: 0,
+        }
+    }
+
+    fn bucket(ns: u32) -> usize {
+        if ns < 64 {
+            return ns as usize;
+        }
+        let exponent = 31 - ns.leading_zeros();
+        let shift = exponent - 5;
+        let mantissa = ns >> shift;
+        64 + (exponent as usize - 6) * 32 + (mantissa as usize - 32)
+    }
+
+    /// A value in the middle of bucket `index`.
+    fn value(index: usize) -> u64 {
+        if index < 64 {
+            return index as u64;
+        }
+        let exponent = (index - 64) / 32 + 6;
+        let mantissa = ((index - 64) % 32 + 32) as u64;
+        let shift = exponent - 5;
+        (mantissa << shift) + ((1u64 << shift) >> 1)
+    }
+
+    fn record(&mut self, ns: u32) {
+        self.counts[Histogram::bucket(ns)] += 1;
+        self.total += 1;
+        self.max = self.max.max(ns);
+    }
+
+    fn len(&self) -> u64 {
+        self.total
+    }
+
+    /// Nearest-rank percentile in µs with one decimal (`null` when empty).
+    fn percentile_us(&self, p: u64) -> String {
+        if self.total == 0 {
+            return String::from("null");
+        }
+        let ns = if p >= 100 {
+            u64::from(self.max)
+        } else {
+            let rank = (self.total * p).div_ceil(100).max(1);
+            let mut seen = 0u64;
+            let mut found = u64::from(self.max);
+            for (index, &count) in self.counts.iter().enumerate() {
+                seen += u64::from(count);
+                if seen >= rank {
+                    found = Histogram::value(index).min(u64::from(self.max));
+                    break;
+                }
+            }
+            found
+        };
+        format!("{}.{}", ns / 1000, (ns % 1000) / 100)
+    }
 }
 
 // ----- the service -----
@@ -394,17 +662,26 @@ fn percentile_us(samples: &mut [u32], p: u32) -> String {
 /// The replication transport: where frames go and the key that tags them.
 struct Transport {
     key: Key,
+    /// The preferred port (the dedicated link, else the LAN).
     port: usize,
-    source: MacAddress,
     destination: MacAddress,
     frame: Vec<u8>,
 }
 
 /// What a `log sync` waits for.
 struct PendingSync {
-    ticket: Ticket,
+    sequence: u64,
     started: Instant,
     deadline: Instant,
+}
+
+/// A record logged while the log's ring is frozen (a commit on its way to the disk).
+struct Staged {
+    kind: u16,
+    /// A checkpoint's payload (kept whole), or `None` for a record in the arena.
+    checkpoint: Option<Vec<u8>>,
+    start: usize,
+    len: usize,
 }
 
 /// Counters of the service.
@@ -434,12 +711,18 @@ pub struct Counters {
     pub epoch_bumps: u64,
     /// Errors from the log (device, full ring, ...).
     pub errors: u64,
+    /// Staged records dropped because this node stopped being the primary.
+    pub dropped_on_step_down: u64,
 }
 
 /// The running log.
 pub struct Active {
     disk: Disk,
     log: Log,
+    /// This node's id: the low byte of every epoch it takes as primary.
+    node_id: u8,
+    staging: VecDeque<Staged>,
+    arena: Vec<u8>,
     report: Option<RecoveryReport>,
     formatted: bool,
     recovery_time: Duration,
@@ -449,7 +732,8 @@ pub struct Active {
     transport_checked: bool,
     role: Option<Role>,
     attached: bool,
-    peer_alive: bool,
+    /// Since when the Duplex node has called the peer dead.
+    peer_dead_since: Option<Instant>,
     next_peer_check: Instant,
     peer_heard: Option<Instant>,
     peer_epoch: u64,
@@ -462,6 +746,15 @@ pub struct Active {
     counters: Counters,
     /// The longest main-loop pass of the service (its stall on the loop).
     pub pass_max: Duration,
+    /// Passes of the service longer than 0.5, 1 and 2 ms.
+    pub passes_over: [u64; 3],
+    /// Replication frames were left in the dataplane's queue for the next pass.
+    frames_waiting: bool,
+    /// Console output not yet written ([`Active::say`]).
+    console_out: VecDeque<u8>,
+    /// The longest time each part of a pass took: receive, role and peer, bridge and
+    /// checkpoint and bench, transmit, disk, progress.
+    phase_max: [Duration; PHASES],
     pending_sync: Option<PendingSync>,
     answer: Option<String>,
     bench: Option<Bench>,
@@ -479,6 +772,9 @@ pub struct StateLog {
 fn log_config() -> Config {
     Config {
         frame_len: FRAME_LEN,
+        // Tagging a full frame costs about 50 us under emulation: a few per pass keep the
+        // pass short; the main loop comes back at once while more are due.
+        frames_per_transmit: FRAMES_PER_PASS,
         ..Config::default()
     }
 }
@@ -604,10 +900,17 @@ impl StateLog {
         let mut disk = Disk {
             device,
             address: function.address,
+            asynchronous: false,
+            captured: Vec::new(),
+            in_flight: None,
+            durable: None,
+            failed: None,
+            batches: 0,
             flushes: 0,
             last_flush: Duration::ZERO,
             max_flush: Duration::ZERO,
-            max_write: Duration::ZERO,
+            last_commit: Duration::ZERO,
+            max_commit: Duration::ZERO,
             samples: None,
         };
         println!(
@@ -664,10 +967,16 @@ impl StateLog {
         if !state.bridge.table.is_empty() {
             counters.restores += 1;
         }
+        // From now on the main loop never waits for the disk.
+        disk.asynchronous = true;
         StateLog {
             active: Some(Active {
                 disk,
                 log,
+                node_id: options.node,
+                // Reserved once: growing them would copy up to a MiB inside a `log_async`.
+                staging: VecDeque::with_capacity(STAGING_RECORDS),
+                arena: Vec::with_capacity(STAGING_BYTES),
                 report,
                 formatted,
                 recovery_time,
@@ -676,7 +985,7 @@ impl StateLog {
                 transport_checked: false,
                 role: None,
                 attached: false,
-                peer_alive: false,
+                peer_dead_since: Some(now),
                 next_peer_check: now,
                 peer_heard: None,
                 peer_epoch: 0,
@@ -688,6 +997,10 @@ impl StateLog {
                 last_error: None,
                 counters,
                 pass_max: Duration::ZERO,
+                passes_over: [0; 3],
+                frames_waiting: false,
+                console_out: VecDeque::new(),
+                phase_max: [Duration::ZERO; PHASES],
                 pending_sync: None,
                 answer: None,
                 bench: None,
@@ -707,9 +1020,14 @@ impl StateLog {
         active.poll(dataplane, duplex, now);
         let took = timer::now().saturating_since(now);
         active.pass_max = active.pass_max.max(took);
+        for (count, limit) in active.passes_over.iter_mut().zip([500, 1000, 2000]) {
+            if took >= Duration::from_micros(limit) {
+                *count += 1;
+            }
+        }
         if let Some(bench) = active.bench.as_mut() {
             bench.pass_max = bench.pass_max.max(took);
-            bench.pass.push(nanos(took));
+            bench.pass.record(nanos(took));
         }
     }
 
@@ -718,10 +1036,19 @@ impl StateLog {
         let Some(active) = self.active.as_ref() else {
             return Instant::MAX;
         };
-        if active.bench.is_some() {
-            return now;
-        }
-        let mut at = active.log.poll_at(now).unwrap_or(Instant::MAX);
+        let mut at = if active.disk.busy() {
+            // Only the disk can move; look again soon.
+            let network = active.log.poll_at(now).unwrap_or(Instant::MAX);
+            network.max(now).min(now + DISK_POLL)
+        } else if active.disk.holding()
+            || !active.staging.is_empty()
+            || active.frames_waiting
+            || !active.console_out.is_empty()
+        {
+            now
+        } else {
+            active.log.poll_at(now).unwrap_or(Instant::MAX)
+        };
         if active.role == Some(Role::Primary) {
             at = at.min(active.next_table_check);
         }
@@ -730,6 +1057,9 @@ impl StateLog {
         }
         if let Some(pending) = &active.pending_sync {
             at = at.min(pending.deadline);
+        }
+        if let Some(bench) = &active.bench {
+            at = at.min(bench.next_due(now));
         }
         at
     }
@@ -785,10 +1115,10 @@ impl StateLog {
             return;
         }
         let now = timer::now();
-        match active.log_note_sync(text) {
-            Ok(ticket) => {
+        match active.log_note(text) {
+            Ok(sequence) => {
                 active.pending_sync = Some(PendingSync {
-                    ticket,
+                    sequence,
                     started: now,
                     deadline: now + SYNC_TIMEOUT,
                 });
@@ -833,7 +1163,7 @@ impl StateLog {
             return;
         }
         let now = timer::now();
-        active.disk.samples = Some(Vec::new());
+        active.disk.samples = Some((Histogram::new(), Histogram::new()));
         active.bench = Some(Bench {
             count,
             size,
@@ -845,14 +1175,15 @@ impl StateLog {
             stride: count.div_ceil(BENCH_MARKS).max(1),
             last_sequence: 0,
             peer: active.attached,
-            stall: Vec::with_capacity((count as usize).min(BENCH_STALLS)),
+            stall: Histogram::new(),
             marks: Vec::new(),
             cursors: [0; 3],
-            latency: [Vec::new(), Vec::new(), Vec::new()],
-            commit: Vec::new(),
+            latency: [Histogram::new(), Histogram::new(), Histogram::new()],
+
             pass_max: Duration::ZERO,
-            pass: Vec::new(),
+            pass: Histogram::new(),
             commits_before: active.log.stats().commits,
+            blocked: false,
         });
         let _ = write!(
             out,
@@ -886,6 +1217,24 @@ impl StateLog {
                 note.sequence, note.epoch, note.text
             );
         }
+        let bridge = &active.state.bridge;
+        let _ = write!(
+            out,
+            "bridge (as logged or replicated): {} stations\r\n",
+            bridge.table.len()
+        );
+        if last.is_none() {
+            for entry in bridge.table.values() {
+                let _ = write!(
+                    out,
+                    "  station {} vlan {} port {}{}\r\n",
+                    entry.mac,
+                    entry.vlan,
+                    entry.port,
+                    if entry.is_static { " static" } else { "" }
+                );
+            }
+        }
     }
 
     /// `show log [--json]`.
@@ -915,6 +1264,23 @@ fn role_name(role: Option<Role>) -> &'static str {
 }
 
 impl Active {
+    /// Queues console output that [`Active::trickle`] writes a little per pass: a long
+    /// line written at once holds the main loop for milliseconds (about 5 us a byte
+    /// through the emulated UART here).
+    fn say(&mut self, text: &str) {
+        self.console_out.extend(text.bytes());
+    }
+
+    /// Writes the next bytes of queued console output.
+    fn trickle(&mut self) {
+        if self.console_out.is_empty() {
+            return;
+        }
+        let count = self.console_out.len().min(CONSOLE_BYTES_PER_PASS);
+        let chunk: Vec<u8> = self.console_out.drain(..count).collect();
+        crate::console::write_bytes(&chunk);
+    }
+
     fn error(&mut self, error: Error, now: Instant) {
         self.counters.errors += 1;
         let repeated = self.last_error.is_some_and(|(last, _)| last == error);
@@ -924,19 +1290,99 @@ impl Active {
         self.last_error = Some((error, now));
     }
 
-    fn log_note(&mut self, text: &str) -> Result<u64, Error> {
-        let sequence = self.log.log_async(KIND_NOTE, text.as_bytes())?;
-        self.noted(sequence, text);
+    /// The log's ring must not change: a commit is on its way to the disk, or done and
+    /// not yet taken by replog.
+    fn frozen(&self) -> bool {
+        self.disk.busy() || self.disk.holding()
+    }
+
+    /// `log_async`: the record goes into the log's ring, or, while the ring is frozen,
+    /// into the staging queue (both a copy); returns its sequence at once.
+    pub fn log_async(&mut self, kind: u16, payload: &[u8]) -> Result<u64, Error> {
+        if self.role != Some(Role::Primary) {
+            return Err(Error::NotPrimary);
+        }
+        if !self.frozen() && self.staging.is_empty() {
+            return self.log.log_async(kind, payload);
+        }
+        if payload.len() > log_config().max_record_len {
+            return Err(Error::TooLarge);
+        }
+        if self.arena.len() + payload.len() > STAGING_BYTES || self.staging.len() >= STAGING_RECORDS
+        {
+            return Err(Error::Full);
+        }
+        let sequence = self.log.next_sequence() + self.staging.len() as u64;
+        self.staging.push_back(Staged {
+            kind,
+            checkpoint: None,
+            start: self.arena.len(),
+            len: payload.len(),
+        });
+        self.arena.extend_from_slice(payload);
         Ok(sequence)
     }
 
-    fn log_note_sync(&mut self, text: &str) -> Result<Ticket, Error> {
-        let ticket = self.log.log_sync(KIND_NOTE, text.as_bytes())?;
-        self.noted(ticket.sequence(), text);
-        Ok(ticket)
+    /// A checkpoint of the whole state, through the staging queue like any record.
+    fn checkpoint(&mut self) -> Result<u64, Error> {
+        if self.role != Some(Role::Primary) {
+            return Err(Error::NotPrimary);
+        }
+        let payload = self.state.snapshot();
+        let pages = (64 + 32 + payload.len()).div_ceil(4096) as u64;
+        if payload.len() > log_config().max_checkpoint_len || pages > self.log.data_pages() / 4 {
+            return Err(Error::TooLarge);
+        }
+        let sequence = if !self.frozen() && self.staging.is_empty() {
+            self.log.checkpoint(KIND_SNAPSHOT, payload)?
+        } else {
+            let sequence = self.log.next_sequence() + self.staging.len() as u64;
+            self.staging.push_back(Staged {
+                kind: KIND_SNAPSHOT,
+                checkpoint: Some(payload),
+                start: 0,
+                len: 0,
+            });
+            sequence
+        };
+        self.counters.checkpoints += 1;
+        Ok(sequence)
     }
 
-    fn noted(&mut self, sequence: u64, text: &str) {
+    /// Moves staged records into the log's ring (the ring is not frozen).
+    fn feed(&mut self, now: Instant) {
+        while let Some(front) = self.staging.front() {
+            let expected = self.log.next_sequence();
+            let result = match &front.checkpoint {
+                Some(payload) => self.log.checkpoint(front.kind, payload.clone()),
+                None => self.log.log_async(
+                    front.kind,
+                    &self.arena[front.start..front.start + front.len],
+                ),
+            };
+            match result {
+                Ok(sequence) => {
+                    if sequence != expected {
+                        println!("statelog: staged record got sequence {sequence}, not {expected}");
+                    }
+                    self.staging.pop_front();
+                }
+                Err(Error::Full) => break,
+                Err(e) => {
+                    // Checked when staged: not expected. Later staged records now get
+                    // one sequence less than announced.
+                    self.staging.pop_front();
+                    self.error(e, now);
+                }
+            }
+        }
+        if self.staging.is_empty() {
+            self.arena.clear();
+        }
+    }
+
+    fn log_note(&mut self, text: &str) -> Result<u64, Error> {
+        let sequence = self.log_async(KIND_NOTE, text.as_bytes())?;
         let epoch = self.log.replication_status().epoch;
         self.state.applied += 1;
         self.state.push_note(Note {
@@ -944,74 +1390,117 @@ impl Active {
             epoch,
             text: String::from(text),
         });
+        Ok(sequence)
     }
 
-    fn checkpoint(&mut self) -> Result<u64, Error> {
-        let sequence = self.log.checkpoint(KIND_SNAPSHOT, self.state.snapshot())?;
-        self.counters.checkpoints += 1;
-        Ok(sequence)
+    /// What `log_sync` promises for record `sequence`: on the local disk and, with a peer
+    /// attached, on the peer's disk (replog's `is_durable` with `PeerAck::Durable`).
+    fn is_synced(&self, sequence: u64) -> bool {
+        if sequence >= self.log.next_sequence() || self.log.durable_sequence() < sequence {
+            return false;
+        }
+        let status = self.log.replication_status();
+        status.role != Role::Primary
+            || !status.peer_attached
+            || self.log.peer_durable_sequence() >= sequence
     }
 
     fn poll(&mut self, dataplane: &mut Dataplane, duplex: Option<&mut Duplex>, now: Instant) {
         if !self.transport_checked {
             self.transport_checked = true;
-            self.transport = duplex.as_deref().and_then(|d| {
-                // The dedicated link when there is one, else the LAN port.
-                let port = if dataplane.ports.len() > 2 { 2 } else { 0 };
+            self.transport = duplex.as_deref().map(|d| {
                 let config = d.node.config();
-                Some(Transport {
+                Transport {
                     key: config.key.clone(),
-                    port,
-                    source: dataplane.ports.get(port)?.nic.mac_address(),
+                    // The dedicated link when there is one, else the LAN port.
+                    port: if dataplane.ports.len() > 2 { 2 } else { 0 },
                     destination: group_address(config.group),
                     frame: alloc::vec![0; 1514],
-                })
+                }
             });
         }
+        let mut mark = timer::now();
+        let mut phase = |index: usize, phases: &mut [Duration; PHASES]| {
+            let at = timer::now();
+            phases[index] = phases[index].max(at.saturating_since(mark));
+            mark = at;
+        };
         self.receive(dataplane, now);
+        phase(0, &mut self.phase_max);
         self.follow_role(dataplane, duplex.as_deref(), now);
         if self.role == Some(Role::Primary) {
             self.follow_peer(duplex.as_deref(), now);
+            phase(1, &mut self.phase_max);
             self.log_bridge_changes(&mut dataplane.bridge, now);
+            let checkpoint_staged = self.staging.iter().any(|s| s.checkpoint.is_some());
             if self.log.checkpoint_wanted()
+                && !checkpoint_staged
                 && let Err(e) = self.checkpoint()
             {
                 self.error(e, now);
             }
             self.bench_step();
         }
+        phase(2, &mut self.phase_max);
         self.transmit(&mut dataplane.ports, now);
-        if now >= self.retry_at && self.log.poll_at(now).is_some_and(|at| at <= now) {
-            let commits = self.log.stats().commits;
-            let started = timer::now();
-            let result = self.log.poll(&mut self.disk, now);
-            let took = timer::now().saturating_since(started);
-            if let Some(bench) = self.bench.as_mut()
-                && self.log.stats().commits != commits
-            {
-                bench.commit.push(nanos(took));
-            }
-            match result {
-                Ok(()) => {}
-                Err(e @ Error::Device(_)) => {
-                    self.retry_at = now + DEVICE_RETRY;
-                    self.error(e, now);
-                }
-                Err(e) => self.error(e, now),
-            }
-            self.transmit(&mut dataplane.ports, now);
-        }
+        phase(3, &mut self.phase_max);
+        self.write(now);
+        phase(4, &mut self.phase_max);
+        self.transmit(&mut dataplane.ports, now);
+        phase(3, &mut self.phase_max);
         self.bench_progress(now);
         self.sync_progress(now);
+        self.trickle();
+        phase(5, &mut self.phase_max);
         if let Some(d) = duplex {
             // The heartbeats announce how far this node's log is on disk.
             d.node.set_log_position(self.log.durable_sequence());
         }
     }
 
-    /// Drains the dataplane's queue of replication frames into the log.
+    /// The disk writer: moves the batch in flight along; once it is durable lets replog
+    /// take it; then feeds the staged records into the ring and lets replog start the
+    /// next commit. Never waits for the disk.
+    fn write(&mut self, now: Instant) {
+        self.disk.advance();
+        if self.disk.busy() || now < self.retry_at {
+            return;
+        }
+        for _ in 0..2 {
+            if !self.disk.holding() {
+                self.feed(now);
+                if self.log.poll_at(now).is_none_or(|at| at > now) {
+                    return;
+                }
+            }
+            match self.log.poll(&mut self.disk, now) {
+                Ok(()) => {}
+                // A batch started: replog will build it again once it is durable.
+                Err(Error::Device(duplex_hal::Error::Busy)) => return,
+                Err(e @ Error::Device(_)) => {
+                    self.retry_at = now + DEVICE_RETRY;
+                    self.error(e, now);
+                    return;
+                }
+                Err(e) => {
+                    self.error(e, now);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Drains the dataplane's queue of replication frames into the log. A replica leaves
+    /// the queue alone while its ring is frozen (the frames would add records).
     fn receive(&mut self, dataplane: &mut Dataplane, now: Instant) {
-        while let Some((_ingress, frame)) = dataplane.replication_in.pop_front() {
+        if self.role == Some(Role::Replica) && self.frozen() {
+            self.frames_waiting = false;
+            return;
+        }
+        for _ in 0..2 * FRAMES_PER_PASS {
+            let Some((_ingress, frame)) = dataplane.replication_in.pop_front() else {
+                break;
+            };
             self.counters.frames_in += 1;
             let Some(transport) = self.transport.as_ref() else {
                 self.counters.ignored += 1;
@@ -1021,7 +1510,12 @@ impl Active {
                 self.counters.malformed += 1;
                 continue;
             }
-            if frame[6..12] == transport.source.0 {
+            if dataplane
+                .ports
+                .iter()
+                .any(|p| frame[6..12] == p.nic.mac_address().0)
+            {
+                // One of this box's own frames (a loop in the network).
                 self.counters.ignored += 1;
                 continue;
             }
@@ -1060,6 +1554,7 @@ impl Active {
                 self.counters.refused += 1;
             }
         }
+        self.frames_waiting = !dataplane.replication_in.is_empty();
     }
 
     /// Takes the role the Duplex node's state calls for.
@@ -1096,7 +1591,7 @@ impl Active {
                 }
                 let config = logged_config(&dataplane.bridge);
                 if self.state.bridge.config != config {
-                    match records::log_record(&mut self.log, &BridgeRecord::Config(config)) {
+                    match self.log_bridge_record(&BridgeRecord::Config(config)) {
                         Ok(_) => {
                             self.state.bridge.config = config;
                             self.counters.bridge_records += 1;
@@ -1110,7 +1605,13 @@ impl Active {
             }
             Role::Replica => {
                 self.log.become_replica(0, now);
-                self.bench = None;
+                // Records staged as primary are not logged: the new primary's history wins.
+                self.counters.dropped_on_step_down += self.staging.len() as u64;
+                self.staging.clear();
+                self.arena.clear();
+                if self.bench.take().is_some() {
+                    self.say("LOG BENCH {\"aborted\":\"this node stopped being the primary\"}\r\n");
+                }
                 self.disk.samples = None;
                 println!(
                     "statelog: replica (epoch {})",
@@ -1120,13 +1621,12 @@ impl Active {
         }
     }
 
+    /// Takes an epoch no primary has used: above every epoch this node has seen (its own
+    /// records, the ones it accepted, its peer's), with its node id in the low byte, so
+    /// that two nodes never pick the same one.
     fn become_primary(&mut self, now: Instant) {
-        let epoch = self
-            .log
-            .replication_status()
-            .epoch
-            .max(self.peer_epoch)
-            .saturating_add(1);
+        let highest = self.log.replication_status().epoch.max(self.peer_epoch);
+        let epoch = ((highest >> 8).saturating_add(1) << 8) | u64::from(self.node_id);
         match self.log.become_primary(epoch) {
             Ok(()) => {
                 self.attached = false;
@@ -1143,12 +1643,27 @@ impl Active {
         };
         if now >= self.next_peer_check {
             self.next_peer_check = now + PEER_CHECK;
-            self.peer_alive = duplex.node.status().peers.iter().any(|p| p.alive);
+            let alive = duplex.node.status().peers.iter().any(|p| p.alive);
+            self.peer_dead_since = match (alive, self.peer_dead_since) {
+                (true, _) => None,
+                (false, None) => Some(now),
+                (false, since) => since,
+            };
         }
-        let present = self.peer_alive
-            && self
-                .peer_heard
-                .is_some_and(|heard| now.saturating_since(heard) < PEER_SILENCE);
+        let heard = self
+            .peer_heard
+            .is_some_and(|heard| now.saturating_since(heard) < PEER_SILENCE);
+        // Attach a peer that is alive and talks replication; detach it once the node has
+        // called it dead for DETACH_GRACE (a blip of a loaded host does not restart
+        // replication) or its replication frames stopped.
+        let present = if self.attached {
+            heard
+                && self
+                    .peer_dead_since
+                    .is_none_or(|since| now.saturating_since(since) < DETACH_GRACE)
+        } else {
+            heard && self.peer_dead_since.is_none()
+        };
         if present && !self.attached {
             self.log.attach_peer();
             self.attached = true;
@@ -1195,7 +1710,7 @@ impl Active {
         }
         let mut complete = true;
         for change in changes {
-            match records::log_record(&mut self.log, &change) {
+            match self.log_bridge_record(&change) {
                 Ok(_) => {
                     self.state.bridge.apply_record(&change);
                     self.state.applied += 1;
@@ -1216,14 +1731,31 @@ impl Active {
         };
     }
 
+    fn log_bridge_record(&mut self, record: &BridgeRecord) -> Result<u64, Error> {
+        let mut bytes = [0u8; records::MAX_RECORD_LEN];
+        let len = record.encode(&mut bytes);
+        self.log_async(record.kind(), &bytes[..len])
+    }
+
     /// Sends what replication owes the peer.
     fn transmit(&mut self, ports: &mut [Port], now: Instant) {
         let Some(transport) = self.transport.as_mut() else {
             return;
         };
-        let Some(port) = ports.get_mut(transport.port) else {
+        // The preferred port (the dedicated link, else the LAN) while its link is up, else
+        // the first bridged port whose link is.
+        let index = if ports.get(transport.port).is_some_and(|p| p.link_up) {
+            transport.port
+        } else {
+            match ports.iter().take(2).position(|p| p.link_up) {
+                Some(index) => index,
+                None => transport.port,
+            }
+        };
+        let Some(port) = ports.get_mut(index) else {
             return;
         };
+        let source = port.nic.mac_address();
         let counters = &mut self.counters;
         let mut sent = false;
         self.log.transmit(now, |body| {
@@ -1232,7 +1764,7 @@ impl Active {
                 return false;
             };
             frame[0..6].copy_from_slice(&transport.destination.0);
-            frame[6..12].copy_from_slice(&transport.source.0);
+            frame[6..12].copy_from_slice(&source.0);
             frame[12..14].copy_from_slice(&ETHERTYPE.to_be_bytes());
             frame[ETHERNET_HEADER_LEN..end].copy_from_slice(body);
             let tag = transport.key.tag(&frame[12..end]);
@@ -1264,9 +1796,14 @@ impl Active {
 
     /// Logs the benchmark's records that are due.
     fn bench_step(&mut self) {
-        let Some(bench) = self.bench.as_mut() else {
+        let Some(mut bench) = self.bench.take() else {
             return;
         };
+        self.bench_records(&mut bench);
+        self.bench = Some(bench);
+    }
+
+    fn bench_records(&mut self, bench: &mut Bench) {
         if bench.logged >= bench.count {
             return;
         }
@@ -1278,17 +1815,16 @@ impl Active {
                 .min(u128::from(bench.count)) as u32;
             target.saturating_sub(bench.logged).min(BENCH_BATCH)
         };
+        bench.blocked = false;
         for _ in 0..due {
             if bench.logged >= bench.count {
                 break;
             }
             let started = timer::now();
-            match self.log.log_async(KIND_BENCH, &bench.payload) {
+            match self.log_async(KIND_BENCH, &bench.payload) {
                 Ok(sequence) => {
                     let done = timer::now();
-                    if bench.stall.len() < BENCH_STALLS {
-                        bench.stall.push(nanos(done.saturating_since(started)));
-                    }
+                    bench.stall.record(nanos(done.saturating_since(started)));
                     if bench.logged.is_multiple_of(bench.stride) || bench.logged + 1 == bench.count
                     {
                         bench.marks.push((sequence, done));
@@ -1299,6 +1835,7 @@ impl Active {
                 }
                 Err(Error::Full) => {
                     bench.refused += 1;
+                    bench.blocked = true;
                     break;
                 }
                 Err(e) => {
@@ -1327,7 +1864,7 @@ impl Active {
                 if sequence > position {
                     break;
                 }
-                bench.latency[which].push(nanos(now.saturating_since(at)));
+                bench.latency[which].record(nanos(now.saturating_since(at)));
                 bench.cursors[which] += 1;
             }
         }
@@ -1335,49 +1872,59 @@ impl Active {
         let durable = reached[0] >= bench.last_sequence;
         let replicated = !bench.peer || reached[2] >= bench.last_sequence;
         let timed_out = now.saturating_since(bench.started) > BENCH_TIMEOUT;
-        if !(logged_all && durable && replicated) && !timed_out {
+        let finished = logged_all && durable && replicated;
+        if !finished && !timed_out {
             return;
         }
-        let Some(mut bench) = self.bench.take() else {
+        let Some(bench) = self.bench.take() else {
             return;
         };
-        let mut flush = self.disk.samples.take().unwrap_or_default();
+        let (flush, commit) = self
+            .disk
+            .samples
+            .take()
+            .unwrap_or_else(|| (Histogram::new(), Histogram::new()));
         let elapsed = now.saturating_since(bench.started);
         let records_per_second =
             u64::from(bench.logged) * 1_000_000_000 / (elapsed.as_nanos().max(1) as u64);
-        let [local, replicate, peer_durable] = &mut bench.latency;
+        let [local, replicate, peer_durable] = &bench.latency;
         let mut object = JsonObject::new()
-            .raw("stall_us_p50", &percentile_us(&mut bench.stall, 50))
-            .raw("stall_us_p90", &percentile_us(&mut bench.stall, 90))
-            .raw("stall_us_p99", &percentile_us(&mut bench.stall, 99))
-            .raw("stall_us_max", &percentile_us(&mut bench.stall, 100))
-            .raw("flush_us_p50", &percentile_us(&mut flush, 50))
-            .raw("flush_us_p90", &percentile_us(&mut flush, 90))
-            .raw("flush_us_p99", &percentile_us(&mut flush, 99))
-            .raw("commit_us_p50", &percentile_us(&mut bench.commit, 50))
-            .raw("commit_us_p90", &percentile_us(&mut bench.commit, 90))
-            .raw("commit_us_p99", &percentile_us(&mut bench.commit, 99))
-            .raw("durable_us_p50", &percentile_us(local, 50))
-            .raw("durable_us_p90", &percentile_us(local, 90))
-            .raw("replicate_us_p50", &percentile_us(replicate, 50))
-            .raw("replicate_us_p90", &percentile_us(replicate, 90))
-            .raw("replicate_us_p99", &percentile_us(replicate, 99))
-            .raw("peer_durable_us_p90", &percentile_us(peer_durable, 90))
-            .raw("loop_stall_us_p99", &percentile_us(&mut bench.pass, 99))
-            .raw("loop_stall_us_max", &percentile_us(&mut bench.pass, 100))
+            .raw("stall_us_p50", &bench.stall.percentile_us(50))
+            .raw("stall_us_p90", &bench.stall.percentile_us(90))
+            .raw("stall_us_p99", &bench.stall.percentile_us(99))
+            .raw("stall_us_max", &bench.stall.percentile_us(100))
+            .raw("flush_us_p50", &flush.percentile_us(50))
+            .raw("flush_us_p90", &flush.percentile_us(90))
+            .raw("flush_us_p99", &flush.percentile_us(99))
+            .raw("commit_us_p50", &commit.percentile_us(50))
+            .raw("commit_us_p90", &commit.percentile_us(90))
+            .raw("commit_us_p99", &commit.percentile_us(99))
+            .raw("durable_us_p50", &local.percentile_us(50))
+            .raw("durable_us_p90", &local.percentile_us(90))
+            .raw("durable_us_p99", &local.percentile_us(99))
+            .raw("replicate_us_p50", &replicate.percentile_us(50))
+            .raw("replicate_us_p90", &replicate.percentile_us(90))
+            .raw("replicate_us_p99", &replicate.percentile_us(99))
+            .raw("peer_durable_us_p50", &peer_durable.percentile_us(50))
+            .raw("peer_durable_us_p90", &peer_durable.percentile_us(90))
+            .raw("peer_durable_us_p99", &peer_durable.percentile_us(99))
+            .raw("loop_stall_us_p50", &bench.pass.percentile_us(50))
+            .raw("loop_stall_us_p90", &bench.pass.percentile_us(90))
+            .raw("loop_stall_us_p99", &bench.pass.percentile_us(99))
+            .raw("loop_stall_us_max", &bench.pass.percentile_us(100))
             .uint("records_per_s", records_per_second)
             .uint("records", u64::from(bench.logged))
             .uint("size", u64::from(bench.size))
             .uint("rate", u64::from(bench.rate))
             .uint("ring_full", bench.refused)
             .uint("commits", self.log.stats().commits - bench.commits_before)
-            .uint("flushes", flush.len() as u64)
+            .uint("flushes", flush.len())
             .boolean("peer", bench.peer);
         if timed_out {
             object = object.boolean("timed_out", true);
         }
         let json = object.finish();
-        println!("LOG BENCH {json}");
+        self.say(&format!("LOG BENCH {json}\r\n"));
         self.bench_result = Some(json);
     }
 
@@ -1386,10 +1933,18 @@ impl Active {
         let Some(pending) = self.pending_sync.as_ref() else {
             return;
         };
-        let sequence = pending.ticket.sequence();
+        let sequence = pending.sequence;
         let took = now.saturating_since(pending.started);
         let status = self.log.replication_status();
-        let answer = if self.log.is_durable(pending.ticket) {
+        let lost = self.role != Some(Role::Primary)
+            && sequence >= self.log.next_sequence()
+            && self.staging.is_empty();
+        let answer = if lost {
+            format!(
+                "{}log sync: sequence {sequence} was not logged: this node stopped being the primary\r\n",
+                markers::ERROR
+            )
+        } else if self.is_synced(sequence) {
             let how = if status.role != Role::Primary {
                 "durable locally; this node is no longer the primary"
             } else if status.peer_attached {
@@ -1472,7 +2027,15 @@ impl Active {
                 .uint("flushes", self.disk.flushes)
                 .uint("flush_us_last", self.disk.last_flush.as_micros() as u64)
                 .uint("flush_us_max", self.disk.max_flush.as_micros() as u64)
+                .uint("commit_us_last", self.disk.last_commit.as_micros() as u64)
+                .uint("commit_us_max", self.disk.max_commit.as_micros() as u64)
+                .uint("staged", self.staging.len() as u64)
+                .uint("dropped_on_step_down", self.counters.dropped_on_step_down)
                 .uint("loop_stall_us_max", self.pass_max.as_micros() as u64)
+                .string(
+                    "log_passes_over_0_5_1_2_ms",
+                    &format!("{:?}", self.passes_over),
+                )
                 .uint("recovered_records", self.report.map_or(0, |r| r.records))
                 .uint(
                     "recovered_last_sequence",
@@ -1550,15 +2113,24 @@ impl Active {
             self.state.bench_records
         ));
         line(format!(
-            "disk:        commits {}, pages {}, flushes {} (last {} us, max {} us), longest write {} us; longest log pass {} us; checkpoints {}",
+            "disk:        commits {}, pages {}; batches {} (last {} us, max {} us), flushes {} (last {} us, max {} us), asynchronous; longest log pass {} us (over 0.5/1/2 ms: {:?}); checkpoints {}; staged {}",
             stats.commits,
             stats.pages_written,
+            self.disk.batches,
+            self.disk.last_commit.as_micros(),
+            self.disk.max_commit.as_micros(),
             self.disk.flushes,
             self.disk.last_flush.as_micros(),
             self.disk.max_flush.as_micros(),
-            self.disk.max_write.as_micros(),
             self.pass_max.as_micros(),
-            self.counters.checkpoints
+            self.passes_over,
+            self.counters.checkpoints,
+            self.staging.len()
+        ));
+        let phases: Vec<u128> = self.phase_max.iter().map(|d| d.as_micros()).collect();
+
+        line(format!(
+            "pass parts:  longest receive/role+peer/state/transmit/disk/progress: {phases:?} us"
         ));
         line(format!(
             "recovery:    {recovery} ({} ms)",

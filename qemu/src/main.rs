@@ -31,7 +31,7 @@ commands:
   bench log [--records N] [--size B] [--rate R] [--flood N] [--hb-us N] [--single] [--json]
                                 the replicated state log on a pair with a disk per box:
                                 log_async stall, commit and flush, replication latency
-                                p50/p90/p99 (paced run, default 3000 x 64 B at 1000/s) and
+                                p50/p90/p99 (paced run, default 2000 x 64 B at 1000/s) and
                                 records/s (flood run, default 20000), beside the paper
   sim [--seeds N] [--paths P] [--json]
                                 the pair simulator: detection time p50/p99 against heartbeat

@@ -24,6 +24,10 @@
 //! [`DEFAULT_SPIN_LIMIT`]) yields [`Error::Timeout`]; the driver then resets the device and
 //! refuses every later request with [`Error::Io`].
 //!
+//! An asynchronous interface serves callers that must not wait: `start_write` /
+//! `start_flush` publish one request and return, `poll_request` checks for its completion
+//! (one request in flight still; synchronous calls return `Busy` meanwhile).
+//!
 //! `SPEC-blk.md` next to this file records the device facts and the request protocol.
 
 use core::hint::spin_loop;
@@ -198,14 +202,64 @@ impl Transfer {
     }
 }
 
-/// How waiting for one request ended.
-enum Outcome {
-    /// The device completed the chain.
-    Completed,
-    /// The spin limit ran out.
-    TimedOut,
-    /// The queue refused the chain or the device returned another chain.
-    ProtocolError,
+/// A request published to the device and not yet taken back.
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    /// The chain's token (its head descriptor).
+    token: u16,
+    request_type: u32,
+    transfer: Transfer,
+    /// Checks of the used ring so far (asynchronous interface).
+    polls: u64,
+}
+
+/// The one request of the driver that is not finished.
+#[derive(Debug, Clone, Copy)]
+enum Pending {
+    /// On the device.
+    Device(InFlight),
+    /// Finished without the device (a flush of a write-through device), not yet reported.
+    Done(Result),
+}
+
+/// Builds the descriptor chain of a request over the driver's buffer `$all` (header,
+/// status byte, data from `DATA_OFFSET`): the header, then the data in segments of at
+/// most `$segment_bytes` (device-readable for OUT, device-writable for IN and GET_ID),
+/// then the status byte; binds it to `$inputs` and `$outputs` as virtio-drivers wants
+/// them and evaluates `$body`. The same buffer and transfer always give the same chain,
+/// so the one built to take a chain back equals the one that was published. (A macro:
+/// `pop_used` wants the arrays borrowed as long as the buffer, which a helper function
+/// taking a closure cannot offer.)
+macro_rules! with_chain {
+    ($all:expr, $transfer:expr, $segment_bytes:expr, |$inputs:ident, $outputs:ident| $body:expr) => {{
+        let (control, data) = $all.split_at_mut(DATA_OFFSET);
+        let (header, rest) = control.split_at_mut(HEADER_LEN);
+        let status_byte = &mut rest[STATUS_OFFSET - HEADER_LEN..][..1];
+        let mut input_array: [&[u8]; QUEUE_SIZE] = [&[]; QUEUE_SIZE];
+        let mut output_array: [&mut [u8]; QUEUE_SIZE] = Default::default();
+        input_array[0] = header;
+        let (mut input_count, mut output_count) = (1, 0);
+        match $transfer {
+            Transfer::None => {}
+            Transfer::ToDevice(_) => {
+                for segment in data.chunks($segment_bytes) {
+                    input_array[input_count] = segment;
+                    input_count += 1;
+                }
+            }
+            Transfer::FromDevice(_) => {
+                for segment in data.chunks_mut($segment_bytes) {
+                    output_array[output_count] = segment;
+                    output_count += 1;
+                }
+            }
+        }
+        output_array[output_count] = status_byte;
+        output_count += 1;
+        let $inputs = &input_array[..input_count];
+        let $outputs = &mut output_array[..output_count];
+        $body
+    }};
 }
 
 /// Maps the crate's errors onto the HAL's (initialisation only).
@@ -351,6 +405,8 @@ pub struct VirtioBlk<T: Transport = PciTransport> {
     /// A request timed out or the device broke the queue protocol: the device was reset
     /// and the driver refuses every request.
     failed: bool,
+    /// The request not yet finished (always `None` between synchronous calls).
+    pending: Option<Pending>,
     counters: BlockCounters,
 }
 
@@ -526,6 +582,7 @@ impl<T: Transport> VirtioBlk<T> {
             features,
             spin_limit: DEFAULT_SPIN_LIMIT,
             failed: false,
+            pending: None,
             counters: BlockCounters::default(),
         };
         // Polled driver: no used-buffer interrupts.
@@ -641,6 +698,29 @@ impl<T: Transport> VirtioBlk<T> {
     /// Sends one request (header and, for a write, the data already in the buffer),
     /// waits for its completion and returns the device's verdict.
     fn run(&mut self, request_type: u32, sector: u64, transfer: Transfer) -> Result {
+        if self.pending.is_some() {
+            return Err(Error::Busy);
+        }
+        self.submit(request_type, sector, transfer)?;
+        let spin_limit = self.spin_limit;
+        let mut waited = 0u64;
+        while !self.queue.can_pop() && waited < spin_limit {
+            waited += 1;
+            spin_loop();
+        }
+        self.counters.longest_wait = self.counters.longest_wait.max(waited);
+        if !self.queue.can_pop() {
+            self.pending = None;
+            self.counters.timeouts += 1;
+            self.abandon();
+            return Err(Error::Timeout);
+        }
+        self.finish()
+    }
+
+    /// Writes the request header, publishes the chain (header, data, status) and
+    /// notifies the device; the request is then [`Pending::Device`].
+    fn submit(&mut self, request_type: u32, sector: u64, transfer: Transfer) -> Result {
         if self.failed {
             return Err(Error::Io);
         }
@@ -659,85 +739,67 @@ impl<T: Transport> VirtioBlk<T> {
         let segment_bytes = self.segment_bytes;
         // Never true today (reads and writes fit by construction of `request_bytes`, and a
         // device whose segments are too small for one block is refused at start, so 20
-        // GET_ID bytes fit too); it keeps the descriptor arrays below from overflowing.
+        // GET_ID bytes fit too); it keeps the descriptor arrays of `with_chain` from
+        // overflowing.
         if data_len.div_ceil(segment_bytes) > QUEUE_SIZE - 2 {
             return Err(Error::Unsupported);
         }
-        let spin_limit = self.spin_limit;
-        let mut waited = 0u64;
-        let outcome = {
-            // SAFETY: no request is in flight (the previous one completed, or the device
-            // was reset and this request was refused above), so the device touches no byte
-            // of the buffer; the borrow ends with this block, after `pop_used` took the
-            // chain back, or is abandoned together with the device (see below).
-            let all = unsafe { self.buffer.slice_mut(0, DATA_OFFSET + data_len) };
-            let (control, data) = all.split_at_mut(DATA_OFFSET);
-            let (header, rest) = control.split_at_mut(HEADER_LEN);
-            let status_byte = &mut rest[STATUS_OFFSET - HEADER_LEN..][..1];
-            let mut inputs: [&[u8]; QUEUE_SIZE] = [&[]; QUEUE_SIZE];
-            let mut outputs: [&mut [u8]; QUEUE_SIZE] = Default::default();
-            inputs[0] = header;
-            let (mut input_count, mut output_count) = (1, 0);
-            match transfer {
-                Transfer::None => {}
-                Transfer::ToDevice(_) => {
-                    for segment in data.chunks(segment_bytes) {
-                        inputs[input_count] = segment;
-                        input_count += 1;
-                    }
-                }
-                Transfer::FromDevice(_) => {
-                    for segment in data.chunks_mut(segment_bytes) {
-                        outputs[output_count] = segment;
-                        output_count += 1;
-                    }
-                }
-            }
-            outputs[output_count] = status_byte;
-            output_count += 1;
-            let inputs = &inputs[..input_count];
-            let outputs = &mut outputs[..output_count];
-
+        let queue = &mut self.queue;
+        // SAFETY: no request is in flight (`pending` is empty: the previous one completed,
+        // or the device was reset), so the device touches no byte of the buffer; the
+        // borrow ends with this statement.
+        let all = unsafe { self.buffer.slice_mut(0, DATA_OFFSET + data_len) };
+        let added = with_chain!(all, transfer, segment_bytes, |inputs, outputs| {
             // SAFETY: every buffer lies in `self.buffer`, which the driver neither reads
-            // nor writes until `pop_used` returns the chain; if the device never returns
-            // it, the driver resets the device before the buffer is used again, and never
+            // nor writes until `finish` takes the chain back with `pop_used` (`pending`
+            // keeps every other request out meanwhile); if the device never returns it,
+            // the driver resets the device before the buffer is used again, and never
             // frees the buffer unless a reset is confirmed (see `Drop`).
-            match unsafe { self.queue.add(inputs, outputs) } {
-                Err(_) => Outcome::ProtocolError,
-                Ok(token) => {
-                    if self.queue.should_notify() {
-                        self.transport.notify(REQUEST_QUEUE);
-                    }
-                    while !self.queue.can_pop() && waited < spin_limit {
-                        waited += 1;
-                        spin_loop();
-                    }
-                    if !self.queue.can_pop() {
-                        Outcome::TimedOut
-                    } else if self.queue.peek_used() != Some(token) {
-                        Outcome::ProtocolError
-                    } else {
-                        // SAFETY: these are the buffers `add` published under `token`.
-                        match unsafe { self.queue.pop_used(token, inputs, outputs) } {
-                            Ok(_) => Outcome::Completed,
-                            Err(_) => Outcome::ProtocolError,
-                        }
-                    }
-                }
-            }
-        };
-        self.counters.longest_wait = self.counters.longest_wait.max(waited);
-        match outcome {
-            Outcome::Completed => {}
-            Outcome::TimedOut => {
-                self.counters.timeouts += 1;
-                self.abandon();
-                return Err(Error::Timeout);
-            }
-            Outcome::ProtocolError => {
+            unsafe { queue.add(inputs, outputs) }
+        });
+        let token = match added {
+            Ok(token) => token,
+            Err(_) => {
                 self.abandon();
                 return Err(Error::Io);
             }
+        };
+        if self.queue.should_notify() {
+            self.transport.notify(REQUEST_QUEUE);
+        }
+        self.pending = Some(Pending::Device(InFlight {
+            token,
+            request_type,
+            transfer,
+            polls: 0,
+        }));
+        Ok(())
+    }
+
+    /// Takes the completed chain of the request in flight back and returns the device's
+    /// verdict. Call only once `queue.can_pop()`.
+    fn finish(&mut self) -> Result {
+        let Some(Pending::Device(in_flight)) = self.pending.take() else {
+            return Err(Error::InvalidState);
+        };
+        if self.queue.peek_used() != Some(in_flight.token) {
+            self.abandon();
+            return Err(Error::Io);
+        }
+        let queue = &mut self.queue;
+        let data_len = in_flight.transfer.len();
+        // SAFETY: the device has returned the chain (it is the next used entry), so it no
+        // longer accesses the buffer; the borrow ends with this statement.
+        let all = unsafe { self.buffer.slice_mut(0, DATA_OFFSET + data_len) };
+        let segment_bytes = self.segment_bytes;
+        let popped = with_chain!(all, in_flight.transfer, segment_bytes, |inputs, outputs| {
+            // SAFETY: these are the buffers `submit` published under this token (the same
+            // addresses and lengths, rebuilt by `with_chain!`).
+            unsafe { queue.pop_used(in_flight.token, inputs, outputs) }
+        });
+        if popped.is_err() {
+            self.abandon();
+            return Err(Error::Io);
         }
         let result = match self.buffer.read_u8(STATUS_OFFSET) {
             status::OK => return Ok(()),
@@ -749,10 +811,118 @@ impl<T: Transport> VirtioBlk<T> {
         Err(result)
     }
 
+    // ----- the asynchronous interface: one request in flight, polled -----
+
+    /// Starts writing `data` (whole blocks, at most [`VirtioBlk::max_request_bytes`]) at
+    /// `block` and returns at once; [`VirtioBlk::poll_request`] says when it is done. The
+    /// data is copied into the driver's buffer first, so `data` may change afterwards.
+    ///
+    /// Errors (nothing is started): [`Error::Busy`] while another request is in flight,
+    /// [`Error::OutOfRange`] for a length above one request or those of
+    /// [`BlockDevice::write`].
+    pub fn start_write(&mut self, block: u64, data: &[u8]) -> Result {
+        if self.pending.is_some() {
+            return Err(Error::Busy);
+        }
+        if self.failed {
+            return Err(Error::Io);
+        }
+        if self.read_only {
+            return Err(Error::InvalidState);
+        }
+        self.check_range(block, data.len())?;
+        if data.is_empty() || data.len() > self.request_bytes {
+            return Err(Error::OutOfRange);
+        }
+        self.buffer.copy_from_slice(DATA_OFFSET, data);
+        self.submit(request::OUT, block, Transfer::ToDevice(data.len()))
+    }
+
+    /// Starts a flush and returns at once: once [`VirtioBlk::poll_request`] reports it
+    /// done, every write completed before it is durable. Without a write cache
+    /// ([`WriteCache::WriteThrough`]) nothing is sent and the flush is done at once;
+    /// [`WriteCache::Unflushable`] gives [`Error::Unsupported`].
+    ///
+    /// Errors (nothing is started): [`Error::Busy`] while another request is in flight,
+    /// [`Error::Io`] once the driver has failed.
+    pub fn start_flush(&mut self) -> Result {
+        if self.pending.is_some() {
+            return Err(Error::Busy);
+        }
+        if self.failed {
+            return Err(Error::Io);
+        }
+        match self.write_cache {
+            WriteCache::Flushable => self.submit(request::FLUSH, 0, Transfer::None),
+            WriteCache::WriteThrough => {
+                self.pending = Some(Pending::Done(Ok(())));
+                Ok(())
+            }
+            WriteCache::Unflushable => Err(Error::Unsupported),
+        }
+    }
+
+    /// True while a request started with `start_write` or `start_flush` has not been
+    /// reported by [`VirtioBlk::poll_request`] yet (synchronous calls then return
+    /// [`Error::Busy`]).
+    pub fn request_in_flight(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Checks the request in flight once: `None` while the device works on it,
+    /// `Some(result)` once it has completed (the driver is then free for the next). A
+    /// request still running after [`VirtioBlk::spin_limit`] checks gives
+    /// `Some(Err(Timeout))` and fails the driver, as a synchronous call would;
+    /// [`VirtioBlk::abort_request`] gives up earlier. With nothing in flight:
+    /// `Some(Err(InvalidState))`.
+    pub fn poll_request(&mut self) -> Option<Result> {
+        match self.pending.as_mut() {
+            None => Some(Err(Error::InvalidState)),
+            Some(Pending::Done(_)) => match self.pending.take() {
+                Some(Pending::Done(result)) => Some(result),
+                _ => Some(Err(Error::InvalidState)),
+            },
+            Some(Pending::Device(in_flight)) => {
+                if self.queue.can_pop() {
+                    let (polls, request_type, transfer) =
+                        (in_flight.polls, in_flight.request_type, in_flight.transfer);
+                    self.counters.longest_wait = self.counters.longest_wait.max(polls);
+                    let result = self.finish();
+                    if result.is_ok() && request_type == request::OUT {
+                        self.counters.blocks_written += (transfer.len() / BLOCK_SIZE) as u64;
+                    }
+                    return Some(result);
+                }
+                in_flight.polls += 1;
+                if in_flight.polls < self.spin_limit {
+                    return None;
+                }
+                Some(self.abort_request())
+            }
+        }
+    }
+
+    /// Gives up on the request in flight (a caller with a clock decided it took too
+    /// long): the driver fails, resets the device and refuses every later request, as
+    /// after a timeout of a synchronous call. Returns the error the request ends with
+    /// ([`Error::Timeout`]; [`Error::InvalidState`] with nothing in flight).
+    pub fn abort_request(&mut self) -> Result {
+        match self.pending.take() {
+            None => Err(Error::InvalidState),
+            Some(Pending::Done(result)) => result,
+            Some(Pending::Device(_)) => {
+                self.counters.timeouts += 1;
+                self.abandon();
+                Err(Error::Timeout)
+            }
+        }
+    }
+
     /// Gives up on the device after a timeout or protocol error: fails and resets it, so
     /// that it lets go of the queue and the buffer, and refuses every later request.
     fn abandon(&mut self) {
         self.failed = true;
+        self.pending = None;
         self.transport.set_status(DeviceStatus::FAILED);
         // An unconfirmed reset is handled in `Drop` (which tries again, and leaks the
         // memory if the device still does not answer).
@@ -802,7 +972,9 @@ impl<T: Transport> BlockDevice for VirtioBlk<T> {
     /// Errors: [`Error::OutOfRange`] for a length that is not a multiple of 512, a range
     /// past the capacity, or one not aligned to the logical block size; [`Error::Io`] or
     /// [`Error::Unsupported`] for the device's error status; [`Error::Timeout`] when the
-    /// device does not answer; [`Error::Io`] once the driver has failed.
+    /// device does not answer; [`Error::Io`] once the driver has failed;
+    /// [`Error::Busy`] (here and in every synchronous call) while a request of the
+    /// asynchronous interface is in flight.
     fn read(&mut self, block: u64, buf: &mut [u8]) -> Result {
         self.check_range(block, buf.len())?;
         let mut sector = block;
@@ -826,6 +998,10 @@ impl<T: Transport> BlockDevice for VirtioBlk<T> {
     fn write(&mut self, block: u64, buf: &[u8]) -> Result {
         if self.failed {
             return Err(Error::Io);
+        }
+        if self.pending.is_some() {
+            // The buffer holds the asynchronous request's data.
+            return Err(Error::Busy);
         }
         if self.read_only {
             return Err(Error::InvalidState);
@@ -851,6 +1027,9 @@ impl<T: Transport> BlockDevice for VirtioBlk<T> {
     fn flush(&mut self) -> Result {
         if self.failed {
             return Err(Error::Io);
+        }
+        if self.pending.is_some() {
+            return Err(Error::Busy);
         }
         match self.write_cache {
             WriteCache::Flushable => self.run(request::FLUSH, 0, Transfer::None),

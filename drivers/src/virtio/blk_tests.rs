@@ -128,6 +128,9 @@ struct BlockState {
     /// The next completion names the wrong descriptor chain.
     wrong_token_next: bool,
     identifier: Vec<u8>,
+    /// While true, notifications leave the chains in the available ring (a device still
+    /// working); `release` processes them.
+    hold: bool,
 }
 
 /// A handle on a fake block device; clones share it (the driver owns one, the test
@@ -196,6 +199,7 @@ impl FakeBlock {
             skip_status_next: false,
             wrong_token_next: false,
             identifier: b"duplex-disk-0".to_vec(),
+            hold: false,
         })))
     }
 
@@ -217,6 +221,13 @@ impl FakeBlock {
 
     fn clear_log(&self) {
         self.0.borrow_mut().log.clear();
+    }
+
+    /// The device finishes what it holds and works at once from now on.
+    fn release(&self) {
+        let mut state = self.0.borrow_mut();
+        state.hold = false;
+        state.process();
     }
 
     /// Power loss: the write cache is gone.
@@ -466,7 +477,9 @@ impl Transport for FakeBlock {
         assert_eq!(queue, 0, "virtio-blk has one queue");
         let mut state = self.0.borrow_mut();
         state.notifications += 1;
-        state.process();
+        if !state.hold {
+            state.process();
+        }
     }
 
     fn get_status(&self) -> DeviceStatus {
@@ -1162,4 +1175,126 @@ fn new_pci_refuses_other_devices_without_touching_them() {
             "command register untouched"
         );
     }
+}
+
+#[test]
+fn asynchronous_write_and_flush_complete_when_the_device_does() {
+    let device = FakeBlock::qemu();
+    let mut disk = start(&device);
+    let data = pattern(8, 40);
+    device.with(|state| state.hold = true);
+    assert!(!disk.request_in_flight());
+    disk.start_write(8, &data).unwrap();
+    assert!(disk.request_in_flight());
+    assert_eq!(disk.poll_request(), None, "the device has not completed it");
+    assert_eq!(disk.poll_request(), None);
+    // One request at a time: everything else waits, and the buffer is left alone.
+    let mut buffer = vec![0u8; BLOCK_SIZE];
+    assert_eq!(disk.read(0, &mut buffer), Err(Error::Busy));
+    assert_eq!(disk.write(0, &pattern(1, 41)), Err(Error::Busy));
+    assert_eq!(disk.flush(), Err(Error::Busy));
+    assert_eq!(disk.start_flush(), Err(Error::Busy));
+    assert_eq!(disk.start_write(0, &pattern(1, 41)), Err(Error::Busy));
+    device.release();
+    assert_eq!(disk.poll_request(), Some(Ok(())));
+    assert!(!disk.request_in_flight());
+    assert_eq!(disk.counters().blocks_written, 8);
+    assert_eq!(
+        disk.counters().longest_wait,
+        2,
+        "two checks before the completion"
+    );
+    // Written but cached until the flush completes.
+    assert_eq!(device.durable(8, 8), vec![0; 8 * BLOCK_SIZE]);
+    device.with(|state| state.hold = true);
+    disk.start_flush().unwrap();
+    assert_eq!(disk.poll_request(), None);
+    assert_eq!(device.durable(8, 8), vec![0; 8 * BLOCK_SIZE]);
+    device.release();
+    assert_eq!(disk.poll_request(), Some(Ok(())));
+    assert_eq!(device.durable(8, 8), data);
+    assert_eq!(
+        read_back(&mut disk, 8, 8),
+        data,
+        "synchronous calls work again"
+    );
+    let kinds: Vec<u32> = device.log().iter().map(|r| r.request_type).collect();
+    assert_eq!(kinds, vec![TYPE_OUT, TYPE_FLUSH, TYPE_IN]);
+    assert_eq!(
+        disk.poll_request(),
+        Some(Err(Error::InvalidState)),
+        "nothing in flight"
+    );
+}
+
+#[test]
+fn asynchronous_requests_are_checked_like_synchronous_ones() {
+    let device = FakeBlock::qemu();
+    let mut disk = start(&device);
+    let limit = disk.max_request_bytes();
+    assert_eq!(disk.start_write(0, &[]), Err(Error::OutOfRange));
+    assert_eq!(disk.start_write(0, &[0; 100]), Err(Error::OutOfRange));
+    assert_eq!(
+        disk.start_write(0, &vec![0; limit + BLOCK_SIZE]),
+        Err(Error::OutOfRange),
+        "longer than one request"
+    );
+    assert_eq!(
+        disk.start_write(CAPACITY, &pattern(1, 42)),
+        Err(Error::OutOfRange)
+    );
+    assert!(device.log().is_empty(), "nothing reached the device");
+    assert!(!disk.request_in_flight());
+    // The device's error status is the request's result; the driver goes on.
+    device.with(|state| state.fail_next = Some(STATUS_IOERR));
+    disk.start_write(0, &pattern(1, 43)).unwrap();
+    assert_eq!(disk.poll_request(), Some(Err(Error::Io)));
+    disk.start_write(0, &pattern(1, 43)).unwrap();
+    assert_eq!(disk.poll_request(), Some(Ok(())));
+
+    let read_only = FakeBlock::new(CAPACITY, QEMU_FEATURES | FEATURE_RO);
+    let mut disk = start(&read_only);
+    assert_eq!(
+        disk.start_write(0, &pattern(1, 44)),
+        Err(Error::InvalidState)
+    );
+}
+
+#[test]
+fn a_write_through_flush_is_done_at_once() {
+    let device = FakeBlock::new(CAPACITY, FEATURE_VERSION_1 | FEATURE_SEG_MAX);
+    let mut disk = start(&device);
+    assert_eq!(disk.write_cache(), WriteCache::WriteThrough);
+    disk.start_flush().unwrap();
+    assert!(disk.request_in_flight());
+    assert_eq!(disk.poll_request(), Some(Ok(())));
+    assert!(device.log().is_empty(), "no request sent");
+}
+
+#[test]
+fn an_asynchronous_request_that_never_completes_times_out_or_is_aborted() {
+    let device = FakeBlock::qemu();
+    let mut disk = start(&device);
+    disk.set_spin_limit(5);
+    device.with(|state| state.stall = Some(TYPE_FLUSH));
+    disk.start_flush().unwrap();
+    for _ in 0..4 {
+        assert_eq!(disk.poll_request(), None);
+    }
+    assert_eq!(disk.poll_request(), Some(Err(Error::Timeout)));
+    assert!(disk.is_failed());
+    assert!(device.status().is_empty(), "device reset");
+    assert_eq!(disk.start_write(0, &pattern(1, 45)), Err(Error::Io));
+    assert_eq!(disk.counters().timeouts, 1);
+
+    let device = FakeBlock::qemu();
+    let mut disk = start(&device);
+    device.with(|state| state.stall = Some(TYPE_OUT));
+    disk.start_write(0, &pattern(1, 46)).unwrap();
+    assert_eq!(disk.poll_request(), None);
+    assert_eq!(disk.abort_request(), Err(Error::Timeout));
+    assert!(disk.is_failed());
+    assert!(device.status().is_empty(), "device reset");
+    assert!(!disk.request_in_flight());
+    assert_eq!(disk.abort_request(), Err(Error::InvalidState));
 }

@@ -77,7 +77,8 @@ pub enum Command {
         /// The note.
         text: String,
     },
-    /// `log dump [N]`: the operator notes the log holds (the last `N`, default all).
+    /// `log dump [N]`: the operator notes the log holds (the last `N`, default all) and,
+    /// without `N`, the bridge table as logged (primary) or replicated (standby).
     LogDump {
         /// How many of the newest notes to list; `None`: all.
         last: Option<usize>,
@@ -147,7 +148,10 @@ pub const HELP: &[(&str, &str)] = &[
         "log sync TEXT",
         "log a note and wait until it is on disk and acknowledged by the peer",
     ),
-    ("log dump [N]", "the operator notes in the log (the last N)"),
+    (
+        "log dump [N]",
+        "the notes in the log (the last N) and the logged bridge table",
+    ),
     (
         "log checkpoint",
         "write a checkpoint of the logged state now",
