@@ -423,7 +423,11 @@ impl Dataplane {
                 );
             }
         }
-        let _ = write!(out, "loop guard: {} frames dropped (station seen on the other side)\r\n", self.loop_drops);
+        let _ = write!(
+            out,
+            "loop guard: {} frames dropped (station seen on the other side)\r\n",
+            self.loop_drops
+        );
         let c = self.bridge.counters();
         let _ = write!(
             out,

@@ -313,8 +313,10 @@ fn main_loop(system: &mut System) -> ! {
     let mut out = String::new();
     let mut next_link_check = timer::now();
     let mut last_pass = next_link_check;
+    console::start_buffering();
     console::write_bytes(markers::PROMPT.as_bytes());
     loop {
+        let console_backlog = console::drain(console::DRAIN_PER_PASS);
         let now = timer::now();
         system.loop_gaps.record(now.saturating_since(last_pass));
         last_pass = now;
@@ -333,9 +335,8 @@ fn main_loop(system: &mut System) -> ! {
         }
         if let Some(s) = &system.services {
             liveness::iam_alive(s.forwarding, now);
-            if system.duplex.is_some() {
-                liveness::iam_alive(s.heartbeat, now);
-            }
+            // Standalone, there is no heartbeat work; the service is trivially alive.
+            liveness::iam_alive(s.heartbeat, now);
             liveness::iam_alive(s.console, now);
         }
         if now >= next_link_check {
@@ -363,8 +364,8 @@ fn main_loop(system: &mut System) -> ! {
                 }
             }
         }
-        if handled > 0 {
-            // Rings had frames: look again at once until they are empty.
+        if handled > 0 || console_backlog > 0 {
+            // Rings had frames or the console has output queued: go again at once.
             continue;
         }
         // Idle: sleep until the next interrupt (the timer wakes the loop every 250 us),

@@ -210,6 +210,7 @@ pub fn execute(system: &mut System, line: &str, out: &mut String) {
         Command::DebugHangLoop => {
             line!(out, "debug: hanging the main loop now (interrupts stay on)");
             crate::console::write_bytes(out.as_bytes());
+            crate::console::flush_all();
             loop {
                 core::hint::spin_loop();
             }
@@ -220,6 +221,7 @@ pub fn execute(system: &mut System, line: &str, out: &mut String) {
                 "debug: interrupts off, hanging now (only a hardware watchdog can help)"
             );
             crate::console::write_bytes(out.as_bytes());
+            crate::console::flush_all();
             x86_64::instructions::interrupts::disable();
             loop {
                 core::hint::spin_loop();
@@ -257,6 +259,7 @@ pub fn execute(system: &mut System, line: &str, out: &mut String) {
         Command::Reboot => {
             line!(out, "rebooting");
             crate::console::write_bytes(out.as_bytes());
+            crate::console::flush_all();
             duplex_arch::machine::reset();
         }
     }

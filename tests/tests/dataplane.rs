@@ -44,9 +44,11 @@ fn bridge_between_two_hosts(model: NicModel, cmdline: &str) -> Bench {
     let host_r = fabric
         .add_internal_port("hostR", right.clone())
         .unwrap_or_else(|e| panic!("{e}"));
+    // One box alone: standalone mode (the data plane on its own, no Duplex election).
+    let cmdline = format!("mode=standalone {cmdline}");
     let appliance = Appliance::launch(
         &fabric,
-        config(model.name(), cmdline),
+        config(model.name(), &cmdline),
         1,
         &[("A.lan", model), ("A.wan", model)],
     )

@@ -290,7 +290,7 @@ pub(crate) fn on_tick() {
 /// Called by the dispatcher on every PIT interrupt: wakes the main loop; without a local
 /// APIC timer it is also the tick.
 pub(crate) fn on_wake() {
-    let wakes = WAKES.fetch_add(1, Ordering::Relaxed) + 1;
+    WAKES.fetch_add(1, Ordering::Relaxed);
     if PIT_TICKS.load(Ordering::Relaxed) {
         on_tick();
     }
