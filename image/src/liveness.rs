@@ -157,10 +157,8 @@ pub fn check_from_interrupt(now: Instant) {
     if last != 0 && now_ns.saturating_sub(last) > STALL_GRACE.as_nanos() as u64 {
         // The interrupt itself did not run: nobody ran. Give every service a fresh
         // deadline from now, as the Duplex node does for its peers after a freeze.
-        for index in 0..COUNT.load(Ordering::Acquire) {
-            SLOTS[index]
-                .last_alive_ns
-                .fetch_max(now_ns, Ordering::Relaxed);
+        for slot in SLOTS.iter().take(COUNT.load(Ordering::Acquire)) {
+            slot.last_alive_ns.fetch_max(now_ns, Ordering::Relaxed);
         }
         return;
     }
@@ -203,8 +201,7 @@ pub fn check_from_interrupt(now: Instant) {
 /// (`Failover`, `Suspend`, `Bypass`), as bits.
 pub fn node_failures() -> u8 {
     let mut bits = 0;
-    for index in 0..COUNT.load(Ordering::Acquire) {
-        let slot = &SLOTS[index];
+    for (index, slot) in SLOTS.iter().enumerate().take(COUNT.load(Ordering::Acquire)) {
         let action = action_of(slot.action.load(Ordering::Relaxed));
         if slot.missed.load(Ordering::Relaxed)
             && matches!(
