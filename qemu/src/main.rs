@@ -300,7 +300,11 @@ fn cmd_demo(mut args: Args) -> Result {
     if std::env::var_os("DUPLEX_DEMO_VERBOSE").is_some() {
         for (index, name) in NAMES.iter().enumerate() {
             if let Ok(vm) = pair.vm(index) {
-                for line in vm.console_text().lines().filter(|l| l.starts_with("duplex:")) {
+                for line in vm
+                    .console_text()
+                    .lines()
+                    .filter(|l| l.starts_with("duplex:"))
+                {
                     eprintln!("  {name}: {line}");
                 }
                 if let Ok(stats) = vm.command("stats", Duration::from_secs(5)) {
