@@ -474,7 +474,14 @@ impl Vm {
         let mut state = self.console.state.lock().unwrap_or_else(|e| e.into_inner());
         loop {
             let cursor = state.cursor;
-            if let Some(pos) = find(&state.text[cursor..], needle_bytes) {
+            let found = find(&state.text[cursor..], needle_bytes).filter(|&pos| {
+                // Only a whole line (the rest of the marker's line may still be on its
+                // way), except for the prompt, which ends without one.
+                needle == markers::PROMPT
+                    || state.text[cursor + pos..].contains(&b'\n')
+                    || state.closed
+            });
+            if let Some(pos) = found {
                 let at = cursor + pos;
                 let line_start = state.text[..at]
                     .iter()
