@@ -600,13 +600,13 @@ fn bench_failover(mut args: Args) -> Result {
         let mut losses = Vec::new();
         let mut duplicates = 0;
         for _ in 0..runs {
+            pair.sink.reset();
+            let source = pair.start_traffic(rate, size, Duration::from_millis(2500))?;
+            std::thread::sleep(Duration::from_millis(1000));
             let master = pair
                 .master()?
                 .ok_or_else(|| lab_error!("no single Master before the fault"))?;
             let standby = 1 - master;
-            pair.sink.reset();
-            let source = pair.start_traffic(rate, size, Duration::from_millis(2500))?;
-            std::thread::sleep(Duration::from_millis(1000));
             let fault = pair.kill(master)?;
             pair.wait_state(standby, "Master")?;
             let sent = source.wait()?;

@@ -38,11 +38,12 @@ fn console_of(pair: &mut Pair, index: usize) -> String {
 fn killing_the_master_fails_over_to_the_standby() {
     let _machine = exclusive();
     let mut pair = pair();
-    let (master, standby) = master_and_standby(&mut pair);
     let source = pair
         .start_traffic(2.0, 512, Duration::from_secs(3))
         .unwrap();
     std::thread::sleep(Duration::from_millis(1000));
+    // Who is Master right now (not at boot: a stalled host may have moved it since).
+    let (master, standby) = master_and_standby(&mut pair);
     let fault = pair.kill(master).unwrap();
     pair.wait_state(standby, "Master")
         .unwrap_or_else(|e| panic!("{e}\n{}", console_of(&mut pair, standby)));
