@@ -50,6 +50,18 @@
 //!   lives, so test frames are forwarded, not flooded. The appliance boots with
 //!   [`DEFAULT_CMDLINE`] (a plain bridge, no heartbeats).
 //!
+//! After the rounds the printout gives each round (rates, Mbit/s, ratio, trials, the
+//! CPU other work on the machine took: [`Round::others_cpu_percent`]), the medians, the
+//! latency, and with `--json` the JSON line last ([`ForwardReport::json_line`]).
+//!
+//! # Command line
+//!
+//! `cargo lab bench forward [--nic virtio|e1000] [--size N] [--rounds N] [--trial-ms N]
+//! [--max-p50-ms N] [--max-p99-ms N] [--rate FPS] [--cmdline STR] [--source-spin-us N]
+//! [--json]`: defaults virtio, 64 bytes, 3 rounds, 1000 ms, 5 ms, none (0 turns a bound
+//! off), search (a rate: one trial per path and round), `mode=standalone`, 0 µs.
+//! `DUPLEX_IMAGE=PATH` boots a prebuilt image instead of building one.
+//!
 //! Sizes are RFC 2544 frame sizes with the 4-byte FCS that is never carried (a 64-byte
 //! frame is a 60-byte datagram; `--size 1500` a 1500-byte frame); 1518 is the largest
 //! (1500-byte IP packets). Mbit/s count the whole frame with FCS, without preamble and
@@ -81,6 +93,9 @@ pub const DEFAULT_CMDLINE: &str = "mode=standalone";
 /// A trial losing this share of its frames or more, at a rate the path never passed, is
 /// an overload, not a hiccup: it is not run again.
 pub const CLEAR_OVERLOAD: f64 = 0.02;
+/// Other work taking more than this share of one CPU during a run (median of rounds)
+/// makes the printout warn that the figures are depressed.
+const BUSY_MACHINE_PERCENT: f64 = 25.0;
 /// Rounds after the first search `[NARROW_BELOW, NARROW_ABOVE] x` the earlier rounds'
 /// median first (and beyond, when the answer lies at an edge).
 const NARROW_BELOW: f64 = 0.6;
@@ -236,6 +251,10 @@ pub struct Round {
     pub appliance: PathResult,
     /// The fabric's own path (no VM).
     pub ceiling: PathResult,
+    /// CPU that other work on the machine took during the round, in percent of one CPU
+    /// (`None` without `/proc`). Competition depresses the appliance path more than the
+    /// ceiling (it has more busy threads), so a busy machine lowers the ratio too.
+    pub others_cpu_percent: Option<f64>,
 }
 
 impl Round {
@@ -280,6 +299,8 @@ pub struct ForwardReport {
     pub latency_p99_us: f64,
     /// The same two for the ceiling path, µs.
     pub ceiling_latency_us: (f64, f64),
+    /// Median over rounds of [`Round::others_cpu_percent`].
+    pub others_cpu_percent: Option<f64>,
     /// The appliance's `show interfaces` after the last round (its drop counters).
     pub interfaces: String,
 }
@@ -323,6 +344,12 @@ impl ForwardReport {
             ceiling_latency_us: (
                 latency(ceiling, |l| l.median_ns),
                 latency(ceiling, |l| l.p99_ns),
+            ),
+            others_cpu_percent: median(
+                &rounds
+                    .iter()
+                    .filter_map(|r| r.others_cpu_percent)
+                    .collect::<Vec<_>>(),
             ),
             rounds,
             interfaces,
@@ -455,6 +482,7 @@ pub fn run(options: ForwardOptions) -> Result<ForwardReport> {
         let ceiling_label = format!("round {round}/{} ceiling  ", options.rounds);
         let appliance_label = format!("round {round}/{} appliance", options.rounds);
         teach_destination(&fabric, sink_port, traffic)?;
+        let cpu_before = CpuSnapshot::take();
         // Lockstep: one ceiling step, one appliance step, so that both paths see the
         // machine's load of the same few seconds.
         loop {
@@ -486,18 +514,23 @@ pub fn run(options: ForwardOptions) -> Result<ForwardReport> {
                 break;
             }
         }
-        let (forward, ceiling) = (forward.result, ceiling.result);
+        let others = cpu_before.others_percent(&CpuSnapshot::take());
+        let round_result = Round {
+            appliance: forward.result,
+            ceiling: ceiling.result,
+            others_cpu_percent: others,
+        };
         log(format!(
-            "round {round}/{}: appliance {:.0} frames/s, ceiling {:.0} frames/s, ratio {:.3}",
+            "round {round}/{}: appliance {:.0} frames/s, ceiling {:.0} frames/s, ratio {:.3}{}",
             options.rounds,
-            forward.forwarded_fps(),
-            ceiling.forwarded_fps(),
-            forward.forwarded_fps() / ceiling.forwarded_fps().max(1.0)
+            round_result.appliance.forwarded_fps(),
+            round_result.ceiling.forwarded_fps(),
+            round_result.ratio(),
+            others
+                .map(|o| format!("; other work took {o:.0} % of a CPU"))
+                .unwrap_or_default()
         ));
-        rounds.push(Round {
-            appliance: forward,
-            ceiling,
-        });
+        rounds.push(round_result);
     }
     let interfaces = appliance
         .vm
@@ -645,6 +678,95 @@ fn micros(ns: u64) -> String {
     } else {
         format!("{} us", ns / 1_000)
     }
+}
+
+/// CPU time of the whole machine and of this process with its children (QEMU), read
+/// from `/proc`: how much of the machine other work took while a round ran. On a shared
+/// machine the appliance path (four busy threads: source, QEMU's main loop, its vCPU,
+/// the fabric's receiver) suffers more from competition than the ceiling path, so the
+/// ratio itself drops when others are busy.
+#[derive(Clone, Copy, Debug, Default)]
+struct CpuSnapshot {
+    /// Clock ticks the machine spent busy (all CPUs; steal included, softirq not).
+    machine_busy: u64,
+    /// Clock ticks since boot, summed over CPUs (busy and idle).
+    machine_total: u64,
+    /// Clock ticks of this process and its direct children.
+    ours: u64,
+    /// CPUs the machine has (the `cpuN` lines).
+    cpus: u64,
+}
+
+impl CpuSnapshot {
+    /// Reads `/proc`; zeros where it cannot (not Linux).
+    fn take() -> CpuSnapshot {
+        let mut snapshot = CpuSnapshot::default();
+        if let Ok(stat) = std::fs::read_to_string("/proc/stat")
+            && let Some(line) = stat.lines().next()
+        {
+            let fields: Vec<u64> = line
+                .split_ascii_whitespace()
+                .skip(1)
+                .filter_map(|f| f.parse().ok())
+                .collect();
+            // user nice system idle iowait irq softirq steal ...
+            if fields.len() >= 8 {
+                snapshot.machine_total = fields[..8].iter().sum();
+                // Softirq time is left out: most of it is the loopback delivery of
+                // our own traffic, which the kernel does not charge to our threads.
+                snapshot.machine_busy = snapshot.machine_total - fields[3] - fields[4] - fields[6];
+            }
+            snapshot.cpus = stat
+                .lines()
+                .filter(|l| {
+                    l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit)
+                })
+                .count() as u64;
+        }
+        let me = std::process::id();
+        snapshot.ours = process_ticks(&format!("/proc/{me}/stat")).map_or(0, |(ticks, _)| ticks);
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                    continue;
+                };
+                if let Some((ticks, parent)) = process_ticks(&format!("/proc/{pid}/stat"))
+                    && parent == me
+                {
+                    snapshot.ours += ticks;
+                }
+            }
+        }
+        snapshot
+    }
+
+    /// Share of one CPU that other work used between `self` and `later`, in percent
+    /// (`None` when `/proc` gave nothing).
+    fn others_percent(&self, later: &CpuSnapshot) -> Option<f64> {
+        let cpus = later.cpus;
+        let total = later.machine_total.checked_sub(self.machine_total)?;
+        if total == 0 || cpus == 0 {
+            return None;
+        }
+        let busy = later.machine_busy.saturating_sub(self.machine_busy);
+        let ours = later.ours.saturating_sub(self.ours);
+        // `total` counts every CPU: per-CPU ticks elapsed are total / cpus.
+        Some(busy.saturating_sub(ours) as f64 * 100.0 * cpus as f64 / total as f64)
+    }
+}
+
+/// utime + stime and the parent pid from a `/proc/PID/stat` line.
+fn process_ticks(path: &str) -> Option<(u64, u32)> {
+    let stat = std::fs::read_to_string(path).ok()?;
+    // The command name is in parentheses and may hold spaces: fields start after ") ".
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_ascii_whitespace().collect();
+    // State is field 3 of the line (index 0 here): ppid 4, utime 14, stime 15.
+    let parent = fields.get(1)?.parse().ok()?;
+    let user: u64 = fields.get(11)?.parse().ok()?;
+    let system: u64 = fields.get(12)?.parse().ok()?;
+    Some((user + system, parent))
 }
 
 /// The rate search of [`find_max_rate`] as a state machine, so that two searches can take
@@ -904,28 +1026,41 @@ pub fn print(report: &ForwardReport, json: bool) {
         report.rounds.len(),
         report.trial_duration.as_secs_f64()
     );
-    println!("round   appliance fps   Mbit/s   ceiling fps    Mbit/s   ratio   trials");
+    let percent = |value: Option<f64>| value.map_or("-".to_string(), |v| format!("{v:.0} %"));
+    println!("round   appliance fps   Mbit/s   ceiling fps    Mbit/s   ratio   trials    others");
     for (index, round) in report.rounds.iter().enumerate() {
         let fps = round.appliance.forwarded_fps();
         let ceiling = round.ceiling.forwarded_fps();
         println!(
-            "{:>5}   {fps:>13.0} {:>8.1}   {ceiling:>11.0} {:>9.1}   {:>5.3}   {} + {}",
+            "{:>5}   {fps:>13.0} {:>8.1}   {ceiling:>11.0} {:>9.1}   {:>5.3}   {:>3} + {:<3} {:>6}",
             index + 1,
             megabits(fps, size),
             megabits(ceiling, size),
             round.ratio(),
             round.appliance.trials.len(),
-            round.ceiling.trials.len()
+            round.ceiling.trials.len(),
+            percent(round.others_cpu_percent)
         );
     }
     println!(
-        "median  {:>13.0} {:>8.1}   {:>11.0} {:>9.1}   {:>5.3}",
+        "median  {:>13.0} {:>8.1}   {:>11.0} {:>9.1}   {:>5.3}   {:>9} {:>6}",
         report.fps,
         report.mbps,
         report.ceiling_fps,
         megabits(report.ceiling_fps, size),
-        report.ratio
+        report.ratio,
+        "",
+        percent(report.others_cpu_percent)
     );
+    println!("  others: CPU other work on this machine took during the round, in % of one CPU");
+    if report
+        .others_cpu_percent
+        .is_some_and(|o| o > BUSY_MACHINE_PERCENT)
+    {
+        println!(
+            "  warning: the machine was busy with other work; the appliance path (four busy threads) suffers more than the ceiling: rates and ratio are depressed and noisy; rerun when it is quiet"
+        );
+    }
     let at = if report.fixed_rate.is_some() {
         "at the fixed rate"
     } else {
@@ -1066,14 +1201,17 @@ mod tests {
             Round {
                 appliance: path(Some(40_000.0)),
                 ceiling: path(Some(90_000.0)),
+                others_cpu_percent: None,
             },
             Round {
                 appliance: path(Some(50_000.0)),
                 ceiling: path(Some(80_000.0)),
+                others_cpu_percent: None,
             },
             Round {
                 appliance: path(Some(45_000.0)),
                 ceiling: path(Some(100_000.0)),
+                others_cpu_percent: None,
             },
         ];
         let report = ForwardReport::from_rounds(&options, rounds, String::new());
@@ -1095,6 +1233,7 @@ mod tests {
         let rounds = vec![Round {
             appliance: path(None),
             ceiling: path(None),
+            others_cpu_percent: None,
         }];
         let report = ForwardReport::from_rounds(&options, rounds, String::new());
         let value: serde_json::Value = serde_json::from_str(&report.json_line()).unwrap();
@@ -1121,6 +1260,31 @@ mod tests {
         assert!(!passes(&queued, &options));
         options.max_median_latency = None;
         assert!(passes(&queued, &options));
+    }
+
+    #[test]
+    fn process_stat_lines_are_read_even_with_spaces_in_the_name() {
+        let path = std::env::temp_dir().join(format!("fwd-stat-{}", std::process::id()));
+        // pid (comm) state ppid pgrp session tty tpgid flags minflt cminflt majflt
+        // cmajflt utime stime ...
+        std::fs::write(
+            &path,
+            "4242 (CPU 0/TCG) R 17 4242 4242 0 -1 4194560 1 0 0 0 250 50 0 0 20 0 1 0\n",
+        )
+        .unwrap();
+        assert_eq!(process_ticks(path.to_str().unwrap()), Some((300, 17)));
+        std::fs::remove_file(&path).unwrap();
+        let snapshot = CpuSnapshot::take();
+        if snapshot.cpus > 0 {
+            let later = CpuSnapshot {
+                machine_busy: snapshot.machine_busy + 150,
+                machine_total: snapshot.machine_total + 200 * snapshot.cpus,
+                ours: snapshot.ours + 50,
+                cpus: snapshot.cpus,
+            };
+            // 100 ticks of others in 200 ticks of wall time: half a CPU.
+            assert_eq!(snapshot.others_percent(&later), Some(50.0));
+        }
     }
 
     #[test]
