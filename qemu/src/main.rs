@@ -36,7 +36,7 @@ commands:
   sim [--seeds N] [--paths P] [--json]
                                 the pair simulator: detection time p50/p99 against heartbeat
                                 interval and loss, false fail-overs per hour, dual-Master time
-    pair [--mode parallel] [--nic virtio|e1000] [--hb-us N]
+  pair [--mode parallel] [--nic virtio|e1000] [--hb-us N]
                                 boot a parallel pair and take fault commands on stdin:
                                 kill A, freeze A, thaw A, cut A.lan, mend A.lan, partition [PATH],
                                 heal [PATH], restart A, failover, traffic MBPS SECONDS, status, quit
