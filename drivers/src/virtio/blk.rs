@@ -39,10 +39,10 @@ use alloc::vec::Vec;
 use duplex_hal::{BlockDevice, Error, Result};
 use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::pci::PciTransport;
-use virtio_drivers::transport::pci::bus::{Command, ConfigurationAccess, DeviceFunction, PciRoot};
+use virtio_drivers::transport::pci::bus::{ConfigurationAccess, DeviceFunction, PciRoot};
 use virtio_drivers::transport::{DeviceStatus, DeviceType, Transport};
 
-use super::{ConfigSpaceAccess, identify_block};
+use super::identify_block;
 use crate::dma::{DmaAllocator, DmaRegion, HeapDma, IdentityHal, PAGE_SIZE};
 use crate::pci::{ConfigSpace, PciAddress};
 
@@ -443,18 +443,10 @@ impl VirtioBlk<PciTransport> {
     /// 2. RAM is identity-mapped, so heap addresses are the device's DMA addresses.
     /// 3. No other driver instance uses this function.
     pub unsafe fn new_pci(config: &dyn ConfigSpace, address: PciAddress) -> Result<Self> {
-        let id = config.read32(address, 0x00);
-        if identify_block(id as u16, (id >> 16) as u16).is_none() {
-            return Err(Error::Unsupported);
-        }
-        let mut root = PciRoot::new(ConfigSpaceAccess::new(config));
-        let device_function = DeviceFunction {
-            bus: address.bus,
-            device: address.device,
-            function: address.function,
-        };
-        // SAFETY: the caller's promises are `start_pci`'s; the id was checked.
-        unsafe { Self::start_pci(&mut root, device_function) }
+        // SAFETY: the caller's promises are `open_pci`'s.
+        let transport =
+            unsafe { super::open_pci(config, address, |v, d| identify_block(v, d).is_some())? };
+        VirtioBlk::new(transport)
     }
 
     /// [`VirtioBlk::new_pci`] for any `virtio_drivers` configuration access (ECAM, say).
@@ -466,43 +458,10 @@ impl VirtioBlk<PciTransport> {
         root: &mut PciRoot<C>,
         device_function: DeviceFunction,
     ) -> Result<Self> {
-        if !device_function.valid() {
-            return Err(Error::OutOfRange);
-        }
-        // `PciRoot` keeps its accessor to itself: read the id through bus enumeration.
-        let supported = root
-            .enumerate_bus(device_function.bus)
-            .find(|(found, _)| *found == device_function)
-            .is_some_and(|(_, info)| identify_block(info.vendor_id, info.device_id).is_some());
-        if !supported {
-            return Err(Error::Unsupported);
-        }
-        // SAFETY: the caller's promises are `start_pci`'s; the id was checked.
-        unsafe { Self::start_pci(root, device_function) }
-    }
-
-    /// Enables the function and starts the driver on it.
-    ///
-    /// # Safety
-    ///
-    /// As for [`VirtioBlk::new_pci`], and the function is a virtio-blk device.
-    unsafe fn start_pci<C: ConfigurationAccess>(
-        root: &mut PciRoot<C>,
-        device_function: DeviceFunction,
-    ) -> Result<Self> {
-        let (_, command) = root.get_status_command(device_function);
-        root.set_command(
-            device_function,
-            command | Command::IO_SPACE | Command::MEMORY_SPACE | Command::BUS_MASTER,
-        );
-        let transport =
-            PciTransport::new::<IdentityHal, C>(root, device_function).map_err(|error| {
-                use virtio_drivers::transport::pci::VirtioPciError as P;
-                match error {
-                    P::BarNotAllocated(_) => Error::InvalidState,
-                    _ => Error::Unsupported,
-                }
-            })?;
+        // SAFETY: the caller's promises are `open_pci_with`'s.
+        let transport = unsafe {
+            super::open_pci_with(root, device_function, |v, d| identify_block(v, d).is_some())?
+        };
         VirtioBlk::new(transport)
     }
 }

@@ -24,7 +24,10 @@ mod fake;
 #[cfg(test)]
 mod tests;
 
-use virtio_drivers::transport::pci::bus::{ConfigurationAccess, DeviceFunction};
+use virtio_drivers::transport::pci::PciTransport;
+use virtio_drivers::transport::pci::bus::{Command, ConfigurationAccess, DeviceFunction, PciRoot};
+
+use crate::dma::IdentityHal;
 
 use crate::pci::{ConfigSpace, PciAddress};
 
@@ -125,4 +128,84 @@ impl ConfigurationAccess for ConfigSpaceAccess<'_> {
     unsafe fn unsafe_clone(&self) -> Self {
         *self
     }
+}
+
+/// Opens a virtio function for a driver: checks its PCI id with `supported`, sets
+/// IO_SPACE, MEMORY_SPACE and BUS_MASTER, and builds the modern PCI transport (BARs mapped
+/// by identity).
+///
+/// Errors: [`duplex_hal::Error::Unsupported`] for another device or one without the
+/// modern interface, [`duplex_hal::Error::InvalidState`] for unassigned BARs.
+///
+/// # Safety
+///
+/// 1. The function's memory BARs are assigned and lie in identity-mapped, uncached MMIO,
+///    for as long as the transport lives.
+/// 2. RAM is identity-mapped, so heap addresses are the device's DMA addresses.
+/// 3. No other driver instance uses this function.
+pub(crate) unsafe fn open_pci(
+    config: &dyn ConfigSpace,
+    address: PciAddress,
+    supported: fn(u16, u16) -> bool,
+) -> duplex_hal::Result<PciTransport> {
+    let id = config.read32(address, 0x00);
+    if !supported(id as u16, (id >> 16) as u16) {
+        return Err(duplex_hal::Error::Unsupported);
+    }
+    let mut root = PciRoot::new(ConfigSpaceAccess::new(config));
+    let device_function = DeviceFunction {
+        bus: address.bus,
+        device: address.device,
+        function: address.function,
+    };
+    // SAFETY: the caller's promises are `start_pci`'s; the id was checked.
+    unsafe { start_pci(&mut root, device_function) }
+}
+
+/// [`open_pci`] for any `virtio_drivers` configuration access (ECAM, say).
+///
+/// # Safety
+///
+/// As for [`open_pci`].
+pub(crate) unsafe fn open_pci_with<C: ConfigurationAccess>(
+    root: &mut PciRoot<C>,
+    device_function: DeviceFunction,
+    supported: fn(u16, u16) -> bool,
+) -> duplex_hal::Result<PciTransport> {
+    if !device_function.valid() {
+        return Err(duplex_hal::Error::OutOfRange);
+    }
+    // `PciRoot` keeps its accessor to itself: read the id through bus enumeration.
+    let found = root
+        .enumerate_bus(device_function.bus)
+        .find(|(found, _)| *found == device_function)
+        .is_some_and(|(_, info)| supported(info.vendor_id, info.device_id));
+    if !found {
+        return Err(duplex_hal::Error::Unsupported);
+    }
+    // SAFETY: the caller's promises are `start_pci`'s; the id was checked.
+    unsafe { start_pci(root, device_function) }
+}
+
+/// Enables the function and builds its transport.
+///
+/// # Safety
+///
+/// As for [`open_pci`], and the function is a virtio device.
+unsafe fn start_pci<C: ConfigurationAccess>(
+    root: &mut PciRoot<C>,
+    device_function: DeviceFunction,
+) -> duplex_hal::Result<PciTransport> {
+    let (_, command) = root.get_status_command(device_function);
+    root.set_command(
+        device_function,
+        command | Command::IO_SPACE | Command::MEMORY_SPACE | Command::BUS_MASTER,
+    );
+    PciTransport::new::<IdentityHal, C>(root, device_function).map_err(|error| {
+        use virtio_drivers::transport::pci::VirtioPciError as P;
+        match error {
+            P::BarNotAllocated(_) => duplex_hal::Error::InvalidState,
+            _ => duplex_hal::Error::Unsupported,
+        }
+    })
 }
