@@ -10,7 +10,7 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::fmt::Write;
 
-use duplex_core::{Action, ForwardingRole, PathId, wire as heartbeat};
+use duplex_core::{Action, ForwardingRole, wire as heartbeat};
 use duplex_hal::Instant;
 use duplex_nad::build::gratuitous_arp;
 use duplex_nad::wire::ArpOperation;
@@ -155,6 +155,8 @@ impl Dataplane {
             let holding = self.role == Some(ForwardingRole::Hold);
             let held = &mut self.held;
             let hold_counters = &mut self.hold_counters;
+            // The node's path on this port (serial mode numbers paths its own way).
+            let path = duplex.as_ref().and_then(|d| d.path_of(ingress));
             let mut node = duplex.as_mut().map(|d| &mut d.node);
             let heartbeats_in = &mut self.heartbeats_in;
             let heartbeats_refused = &mut self.heartbeats_refused;
@@ -178,9 +180,11 @@ impl Dataplane {
                 if heartbeat::is_heartbeat(frame) {
                     // Heartbeats are the node's, never data.
                     if let Some(node) = node.as_mut() {
-                        match node.on_heartbeat(PathId(ingress as u8), frame, now) {
-                            Ok(_) => *heartbeats_in += 1,
-                            Err(_) => *heartbeats_refused += 1,
+                        let accepted = path.map(|path| node.on_heartbeat(path, frame, now));
+                        match accepted {
+                            Some(Ok(_)) => *heartbeats_in += 1,
+                            // Refused, or on a port that carries no heartbeats.
+                            _ => *heartbeats_refused += 1,
                         }
                         // A heartbeat that made this node stop forwarding (a newer claim)
                         // takes effect for the very next frame of the batch.
@@ -202,8 +206,8 @@ impl Dataplane {
                     }
                     return;
                 }
-                if let Some(node) = node.as_mut() {
-                    node.on_interface_traffic(PathId(ingress as u8), now);
+                if let (Some(node), Some(path)) = (node.as_mut(), path) {
+                    node.on_interface_traffic(path, now);
                 }
                 if !is_bridged {
                     return;
@@ -276,7 +280,8 @@ impl Dataplane {
         for action in actions {
             match action {
                 Action::SendHeartbeat { path, frame } => {
-                    let Some(port) = self.ports.get_mut(usize::from(path.0)) else {
+                    let Some(port) = duplex.port_of(path).and_then(|i| self.ports.get_mut(i))
+                    else {
                         continue;
                     };
                     // Heartbeats go before data: reclaim finished transmit buffers first.

@@ -110,6 +110,12 @@ pub fn iam_alive(service: Service, now: Instant) {
     }
 }
 
+/// How long `service` has not proved it runs (as of `now`).
+pub fn silent_for(service: Service, now: Instant) -> Duration {
+    let last = SLOTS[service.0].last_alive_ns.load(Ordering::Relaxed);
+    Duration::from_nanos(now.as_nanos().saturating_sub(last))
+}
+
 /// `debug stall SERVICE MS`: the named service stops proving it runs for `duration`.
 pub fn stall(name: &str, duration: Duration, now: Instant) -> bool {
     match find(name) {

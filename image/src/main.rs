@@ -9,6 +9,7 @@
 
 extern crate alloc;
 
+mod bypass;
 mod console;
 mod dataplane;
 mod liveness;
@@ -66,6 +67,8 @@ pub struct System {
     pub services: Option<Services>,
     /// The replicated state log.
     pub statelog: statelog::StateLog,
+    /// The bypass card (serial mode).
+    pub bypass: Option<bypass::Card>,
 }
 
 /// Counts of gaps between main-loop passes, by size.
@@ -174,6 +177,10 @@ fn kernel_main(boot: &'static BootInfo) -> ! {
             .map_or((timer::now().as_nanos() >> 20) as u32 | 1, |s| s as u32)
     });
     let duplex = pair::build(&options, &dataplane.ports, incarnation, timer::now());
+    let bypass = match duplex {
+        Some(_) => bypass::init(&options, timer::now()),
+        None => None,
+    };
     let mut dataplane = dataplane;
     if duplex.is_some() {
         // Until the node says otherwise, a box of a pair does not forward.
@@ -181,6 +188,7 @@ fn kernel_main(boot: &'static BootInfo) -> ! {
     }
     duplex_arch::hooks::set_tick(on_tick);
 
+    let mode = options.mode;
     let mut system = System {
         boot,
         options,
@@ -191,9 +199,13 @@ fn kernel_main(boot: &'static BootInfo) -> ! {
         watchdog,
         duplex,
         loop_gaps: LoopGaps::default(),
-        services: register_services(),
+        services: register_services(mode),
         statelog,
+        bypass,
     };
+    if let Some(s) = &system.services {
+        bypass::watch_main_loop(s.main_loop);
+    }
     println!(
         "{} node={} uptime_ms={}",
         markers::READY,
@@ -226,10 +238,12 @@ fn run_selftest(selftest: SelfTest) {
 
 /// The timer interrupt's work, 1000 times a second.
 fn on_tick(_ticks: u64) {
-    liveness::check_from_interrupt(timer::now());
+    let now = timer::now();
+    liveness::check_from_interrupt(now);
     if liveness::healthy() {
         watchdog::kick_from_interrupt();
     }
+    bypass::kick_from_interrupt(now);
 }
 
 /// The services the timer interrupt watches (SPI registrations of the image itself).
@@ -246,10 +260,16 @@ pub struct Services {
     pub reported: u8,
 }
 
-fn register_services() -> Option<Services> {
+fn register_services(mode: options::DuplexMode) -> Option<Services> {
     use core::time::Duration;
     use duplex_core::MissAction;
     let now = timer::now();
+    // A box in series whose forwarding or heartbeats stall must get out of the path
+    // (the paper's rule for serial mode); a parallel box hands over to its peer.
+    let stalled = match mode {
+        options::DuplexMode::Serial => MissAction::Bypass,
+        _ => MissAction::Failover,
+    };
     Some(Services {
         main_loop: liveness::register(
             "main-loop",
@@ -257,18 +277,8 @@ fn register_services() -> Option<Services> {
             MissAction::Reset,
             now,
         )?,
-        forwarding: liveness::register(
-            "forwarding",
-            Duration::from_millis(100),
-            MissAction::Failover,
-            now,
-        )?,
-        heartbeat: liveness::register(
-            "heartbeat",
-            Duration::from_millis(100),
-            MissAction::Failover,
-            now,
-        )?,
+        forwarding: liveness::register("forwarding", Duration::from_millis(100), stalled, now)?,
+        heartbeat: liveness::register("heartbeat", Duration::from_millis(100), stalled, now)?,
         console: liveness::register(
             "console",
             Duration::from_millis(2000),
@@ -325,6 +335,9 @@ fn main_loop(system: &mut System) -> ! {
         }
         report_service_failures(system, now);
         let handled = system.dataplane.poll(now, &mut system.duplex);
+        if let Some(card) = system.bypass.as_mut() {
+            card.poll(system.dataplane.role, now);
+        }
         system
             .statelog
             .poll(&mut system.dataplane, system.duplex.as_mut(), now);
@@ -340,11 +353,7 @@ fn main_loop(system: &mut System) -> ! {
             liveness::iam_alive(s.console, now);
         }
         if now >= next_link_check {
-            net::watch_links(
-                &mut system.dataplane.ports,
-                system.duplex.as_mut().map(|d| &mut d.node),
-                now,
-            );
+            net::watch_links(&mut system.dataplane.ports, system.duplex.as_mut(), now);
             system.dataplane.bridge.poll(now);
             next_link_check = now + LINK_CHECK;
         }

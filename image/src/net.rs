@@ -107,23 +107,31 @@ pub fn probe(config: &'static dyn pci::ConfigSpace, functions: &[PciFunction]) -
     ports
 }
 
+/// `Failure::Hardware` codes for a link down on a bridged port that is not a path.
+const LINK_FAILURE_BASE: u16 = 0x200;
+
 /// Checks every port's link and reports changes on the console. A bridged port (lan,
 /// wan) whose link goes down is a local interface failure of the Duplex node (a box that
 /// lost a side cannot forward); it clears when the link comes back.
-pub fn watch_links(ports: &mut [Port], mut node: Option<&mut duplex_core::Node>, now: Instant) {
+pub fn watch_links(ports: &mut [Port], mut duplex: Option<&mut crate::pair::Duplex>, now: Instant) {
     for (index, port) in ports.iter_mut().enumerate() {
         let up = port.nic.link_up();
         if up != port.link_up {
             port.link_up = up;
             println!("net: {} link {}", port.name, if up { "up" } else { "down" });
             if index < 2
-                && let Some(node) = node.as_deref_mut()
+                && let Some(duplex) = duplex.as_deref_mut()
             {
-                let failure = duplex_core::Failure::Interface(duplex_core::PathId(index as u8));
+                // A bridged port that is not one of the node's paths (serial mode's outer
+                // port when its traffic is not watched) is still a failure of this box.
+                let failure = match duplex.path_of(index) {
+                    Some(path) => duplex_core::Failure::Interface(path),
+                    None => duplex_core::Failure::Hardware(LINK_FAILURE_BASE + index as u16),
+                };
                 if up {
-                    node.on_recovery(failure, now);
+                    duplex.node.on_recovery(failure, now);
                 } else {
-                    node.on_local_failure(failure, now);
+                    duplex.node.on_local_failure(failure, now);
                 }
             }
         }

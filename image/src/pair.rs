@@ -6,9 +6,9 @@ use alloc::string::String;
 use alloc::vec::Vec;
 use core::time::Duration;
 
-use duplex_core::{Config, Key, Mode, Node, NodeId, PathConfig, Timing, Transition};
+use duplex_core::{Config, Key, Mode, Node, NodeId, PathConfig, PathId, Timing, Transition};
 use duplex_hal::Instant;
-use duplex_mgmt::options::{BootOptions, DuplexMode};
+use duplex_mgmt::options::{BootOptions, DuplexMode, PeerPort};
 
 use crate::net::Port;
 use crate::println;
@@ -30,6 +30,77 @@ pub struct Duplex {
     pub load_since: Instant,
     /// Measured load, bits per second.
     pub load_bps: u64,
+    /// The node's path for each port (by port index); `None`: the port is not the node's.
+    pub port_paths: Vec<Option<PathId>>,
+    /// The port of each path (by path index).
+    pub path_ports: Vec<usize>,
+}
+
+/// The node's paths over the ports, and the port of each path.
+///
+/// Parallel mode: one heartbeat path per port, in port order (every box lists lan, wan,
+/// link: the same segments in the same order). Serial mode: the boxes are in series, so
+/// the segment they share is A's wan and B's lan; it must have the same path index on
+/// both (SPEC §0), so path 0 is the port facing the peer (`peer=`), then the dedicated
+/// links, then the outer port, which carries no heartbeats and is only watched for
+/// traffic when `traffic_ms=` is set.
+fn plan_paths(
+    options: &BootOptions,
+    ports: &[Port],
+) -> Result<(Vec<PathConfig>, Vec<Option<PathId>>), &'static str> {
+    let traffic =
+        (options.traffic_ms > 0).then(|| Duration::from_millis(u64::from(options.traffic_ms)));
+    let watched = |mut path: PathConfig, bridged: bool| {
+        if bridged {
+            path.traffic_timeout = traffic;
+        }
+        path
+    };
+    let mut paths = Vec::new();
+    let mut port_paths = alloc::vec![None; ports.len()];
+    if options.mode != DuplexMode::Serial {
+        for (index, port) in ports.iter().enumerate() {
+            port_paths[index] = Some(PathId(index as u8));
+            paths.push(watched(
+                PathConfig::new(port.name, port.nic.mac_address()),
+                index < 2,
+            ));
+        }
+        return Ok((paths, port_paths));
+    }
+    let peer = match options.peer {
+        Some(PeerPort::Lan) => 0,
+        Some(PeerPort::Wan) => 1,
+        None => {
+            return Err(
+                "serial mode needs peer=lan or peer=wan (the port that faces the other box)",
+            );
+        }
+    };
+    if ports.len() < 2 {
+        return Err("serial mode needs two bridged ports (lan and wan)");
+    }
+    let outer = 1 - peer;
+    let mut order = alloc::vec![peer];
+    order.extend(2..ports.len());
+    for index in order {
+        let port = &ports[index];
+        port_paths[index] = Some(PathId(paths.len() as u8));
+        paths.push(watched(
+            PathConfig::new(port.name, port.nic.mac_address()),
+            index == peer,
+        ));
+    }
+    if let Some(timeout) = traffic {
+        let port = &ports[outer];
+        port_paths[outer] = Some(PathId(paths.len() as u8));
+        paths.push(PathConfig::monitor_only(
+            port.name,
+            port.nic.mac_address(),
+            timeout,
+        ));
+    }
+    Ok((paths, port_paths))
 }
 
 /// Builds the node from the boot options, one heartbeat path per port.
@@ -60,10 +131,24 @@ pub fn build(
             Key::derive(DEFAULT_KEY)
         }
     };
-    let paths: Vec<PathConfig> = ports
-        .iter()
-        .map(|p| PathConfig::new(p.name, p.nic.mac_address()))
-        .collect();
+    let (paths, port_paths) = match plan_paths(options, ports) {
+        Ok(plan) => plan,
+        Err(message) => {
+            println!(
+                "{}duplex: {message}; running standalone",
+                duplex_mgmt::markers::ERROR
+            );
+            return None;
+        }
+    };
+    let mut path_ports = alloc::vec![0; paths.len()];
+    for (port, path) in port_paths.iter().enumerate() {
+        if let Some(path) = path {
+            path_ports[usize::from(path.0)] = port;
+        }
+    }
+    let path_names: Vec<&str> = paths.iter().map(|p| p.name.as_str()).collect();
+    let path_list = path_names.join(",");
     let config = Config {
         mode,
         group: options.group,
@@ -77,12 +162,8 @@ pub fn build(
     match Node::new(config, now) {
         Ok(node) => {
             println!(
-                "duplex: {mode} mode, group {}, node {}, priority {}, heartbeat {} us on {} path(s), incarnation {incarnation}",
-                options.group,
-                options.node,
-                options.priority,
-                options.heartbeat_us,
-                ports.len()
+                "duplex: {mode} mode, group {}, node {}, priority {}, heartbeat {} us, paths {path_list}, incarnation {incarnation}",
+                options.group, options.node, options.priority, options.heartbeat_us,
             );
             Some(Duplex {
                 node,
@@ -90,6 +171,8 @@ pub fn build(
                 load_bytes: 0,
                 load_since: now,
                 load_bps: 0,
+                port_paths,
+                path_ports,
             })
         }
         Err(e) => {
@@ -103,6 +186,16 @@ pub fn build(
 }
 
 impl Duplex {
+    /// The node's path on port `port`, if the port is one of its paths.
+    pub fn path_of(&self, port: usize) -> Option<PathId> {
+        self.port_paths.get(port).copied().flatten()
+    }
+
+    /// The port of path `path`.
+    pub fn port_of(&self, path: PathId) -> Option<usize> {
+        self.path_ports.get(usize::from(path.0)).copied()
+    }
+
     /// Records a transition for `show duplex` and prints it.
     pub fn record(&mut self, transition: Transition) {
         println!(

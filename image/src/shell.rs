@@ -207,6 +207,14 @@ pub fn execute(system: &mut System, line: &str, out: &mut String) {
             }
         },
         Command::ShowLiveness => liveness_show(out),
+        Command::ShowBypass => match &system.bypass {
+            Some(card) => card.describe(out),
+            None => line!(
+                out,
+                "bypass: no card in use (serial mode opens one on COM2; this box is {:?})",
+                system.options.mode
+            ),
+        },
         Command::DebugHangLoop => {
             line!(out, "debug: hanging the main loop now (interrupts stay on)");
             crate::console::write_bytes(out.as_bytes());

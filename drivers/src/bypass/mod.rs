@@ -244,6 +244,15 @@ impl<S: ByteStream> LabBypass<S> {
         self.counters
     }
 
+    /// Reads what the card sent unasked (notices, late replies) without waiting, and
+    /// returns how many `* fired` notices were among it: the card's watchdog closed the
+    /// relay, and the host decides whether to open it again. Call it from the main loop.
+    pub fn poll(&mut self) -> u64 {
+        let before = self.counters.fired_notices;
+        self.drain_stale_input();
+        self.counters.fired_notices.wrapping_sub(before)
+    }
+
     /// The line, for diagnostics and tests.
     pub fn stream(&mut self) -> &mut S {
         &mut self.stream

@@ -252,6 +252,21 @@ fn watchdog_fired_shows_in_status_and_notice_is_counted() {
 }
 
 #[test]
+fn poll_reports_fired_notices_without_a_request() {
+    let card = FakeCard::new();
+    let mut bypass = open(&card);
+    assert_eq!(bypass.poll(), 0);
+    bypass.arm_watchdog(Duration::from_millis(5)).unwrap();
+    card.borrow_mut().fire();
+    let requests = bypass.counters().requests;
+    assert_eq!(bypass.poll(), 1);
+    // Nothing new: the notice is counted once, and polling sent nothing.
+    assert_eq!(bypass.poll(), 0);
+    assert_eq!(bypass.counters().requests, requests);
+    assert_eq!(bypass.counters().fired_notices, 1);
+}
+
+#[test]
 fn noise_and_late_replies_are_skipped() {
     let card = FakeCard::new();
     let mut bypass = open(&card);

@@ -34,6 +34,8 @@ pub enum Command {
     ShowBridge,
     /// `show watchdog`: the hardware watchdog in use.
     ShowWatchdog,
+    /// `show bypass`: the bypass card (relay, its watchdog, kicks).
+    ShowBypass,
     /// `show duplex [--json]`: state, epoch, peers, per-path health, last transition, timers.
     ShowDuplex {
         /// One JSON line instead of text.
@@ -115,6 +117,7 @@ pub const HELP: &[(&str, &str)] = &[
     ),
     ("show bridge", "the bridge's MAC table"),
     ("show watchdog", "the hardware watchdog in use"),
+    ("show bypass", "the bypass card: relay, its watchdog, kicks"),
     (
         "show duplex [--json]",
         "duplex state, epoch, peers, path health, last transition, timers",
@@ -164,7 +167,7 @@ pub const HELP: &[(&str, &str)] = &[
 ];
 
 /// The topics of `show`.
-const SHOW_TOPICS: &str = "status, interfaces, bridge, watchdog, duplex, log, liveness";
+const SHOW_TOPICS: &str = "status, interfaces, bridge, watchdog, bypass, duplex, log, liveness";
 
 /// The subcommands of `log`.
 const LOG_SUBCOMMANDS: &str = "write, sync, dump, checkpoint, bench";
@@ -333,6 +336,7 @@ pub fn parse(line: &str) -> Result<Option<Command>, CommandError> {
             Some((&"watchdog", rest)) => {
                 no_arguments("show watchdog", rest, Command::ShowWatchdog)?
             }
+            Some((&"bypass", rest)) => no_arguments("show bypass", rest, Command::ShowBypass)?,
             Some((&"log", flags)) => Command::ShowLog {
                 json: json_flag("show log", flags)?,
             },

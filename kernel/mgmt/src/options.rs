@@ -87,6 +87,23 @@ pub struct BootOptions {
     pub incarnation: Option<u32>,
     /// The replicated state log (`log=on|off|format`).
     pub log: LogChoice,
+    /// Serial mode: which bridged port faces the other box (`peer=lan|wan`). `None`
+    /// outside serial mode; serial mode without it refuses to join a pair.
+    pub peer: Option<PeerPort>,
+    /// The bypass card's watchdog timeout in ms (`bypass_ms=N`): how long a hung box
+    /// stays in the path before its relay closes.
+    pub bypass_ms: u32,
+    /// Missing-traffic timeout in ms for the bridged ports (`traffic_ms=N`, 0: off).
+    pub traffic_ms: u32,
+}
+
+/// Which bridged port of a serial box is the link to the other box.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerPort {
+    /// The LAN port (the downstream box: the other box is on its LAN side).
+    Lan,
+    /// The WAN port (the upstream box).
+    Wan,
 }
 
 /// What to do with the replicated state log's block device at boot (`log=`).
@@ -130,6 +147,9 @@ impl Default for BootOptions {
             heartbeat_us: 1000,
             incarnation: None,
             log: LogChoice::On,
+            peer: None,
+            bypass_ms: 10,
+            traffic_ms: 0,
         }
     }
 }
@@ -149,6 +169,15 @@ pub const KNOWN_KEYS: &[(&str, &str)] = &[
     ("hb_us", "a heartbeat interval in microseconds, 250-100000"),
     ("incarnation", "a boot number 1-4294967295"),
     ("log", "on, off or format"),
+    (
+        "peer",
+        "lan or wan (serial mode: the port facing the other box)",
+    ),
+    ("bypass_ms", "a bypass-card watchdog timeout in ms, 2-60000"),
+    (
+        "traffic_ms",
+        "a missing-traffic timeout in ms, 0 (off) or 10-3600000",
+    ),
 ];
 
 /// One rejected word of the command line.
@@ -281,6 +310,19 @@ pub fn parse(cmdline: &str) -> (BootOptions, Vec<OptionError>) {
                 "format" => options.log = LogChoice::Format,
                 _ => errors.push(reject(bad_value())),
             },
+            "peer" => match value {
+                "lan" => options.peer = Some(PeerPort::Lan),
+                "wan" => options.peer = Some(PeerPort::Wan),
+                _ => errors.push(reject(bad_value())),
+            },
+            "bypass_ms" => match value.parse::<u32>() {
+                Ok(ms) if (2..=60_000).contains(&ms) => options.bypass_ms = ms,
+                _ => errors.push(reject(bad_value())),
+            },
+            "traffic_ms" => match value.parse::<u32>() {
+                Ok(ms) if ms == 0 || (10..=3_600_000).contains(&ms) => options.traffic_ms = ms,
+                _ => errors.push(reject(bad_value())),
+            },
             "watchdog_ms" => match value.parse::<u32>() {
                 Ok(ms) if (1..=3_600_000).contains(&ms) => options.watchdog_ms = Some(ms),
                 _ => errors.push(reject(bad_value())),
@@ -337,6 +379,23 @@ mod tests {
         assert_eq!(o.key.as_deref(), Some("sekrit-pass"));
         let (_, e) = parse("mode=triple priority=256 group=0 key=short hb_us=10 incarnation=0");
         assert_eq!(e.len(), 6, "{e:?}");
+    }
+
+    #[test]
+    fn serial_options() {
+        let o = parse("").0;
+        assert_eq!((o.peer, o.bypass_ms, o.traffic_ms), (None, 10, 0));
+        let (o, e) = parse("mode=serial peer=lan bypass_ms=8 traffic_ms=500");
+        assert!(e.is_empty(), "{e:?}");
+        assert_eq!(
+            (o.peer, o.bypass_ms, o.traffic_ms),
+            (Some(PeerPort::Lan), 8, 500)
+        );
+        assert_eq!(parse("peer=wan traffic_ms=0").0.peer, Some(PeerPort::Wan));
+        let (o, e) = parse("peer=up bypass_ms=1 bypass_ms=60001 traffic_ms=5");
+        assert_eq!(e.len(), 4, "{e:?}");
+        assert!(e[0].message.contains("lan or wan"), "{e:?}");
+        assert_eq!((o.peer, o.bypass_ms, o.traffic_ms), (None, 10, 0));
     }
 
     #[test]

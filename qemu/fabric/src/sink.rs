@@ -19,6 +19,10 @@ pub struct SinkConfig {
     pub sequence_window: u32,
     /// How many origin changes [`SinkReport::transitions`] keeps; later ones are counted.
     pub max_transitions: usize,
+    /// Silences of the whole stream at least this long are kept in [`SinkReport::gaps`].
+    pub gap_threshold: Duration,
+    /// How many such silences are kept; later ones are counted.
+    pub max_gaps: usize,
 }
 
 impl Default for SinkConfig {
@@ -26,6 +30,8 @@ impl Default for SinkConfig {
         SinkConfig {
             sequence_window: 1 << 16,
             max_transitions: 10_000,
+            gap_threshold: Duration::from_millis(2),
+            max_gaps: 10_000,
         }
     }
 }
@@ -161,11 +167,27 @@ pub struct SinkReport {
     pub transitions: Vec<Transition>,
     /// Transitions past [`SinkConfig::max_transitions`], not kept.
     pub transitions_dropped: u64,
+    /// Every silence of the whole stream of at least [`SinkConfig::gap_threshold`], in
+    /// order: a path that stays the same port (a bypass relay) shows its fail-over here.
+    pub gaps: Vec<Gap>,
+    /// Gaps past [`SinkConfig::max_gaps`], not kept.
+    pub gaps_dropped: u64,
     /// Frames that were not test frames (ARP, heartbeats, ...).
     pub other_frames: u64,
 }
 
 impl SinkReport {
+    /// The longest kept silence that ends after `time_ns` and starts no later than
+    /// `within` after it: the outage a fault at `time_ns` caused.
+    pub fn gap_after(&self, time_ns: u64, within: Duration) -> Option<Gap> {
+        let latest_start = time_ns.saturating_add(within.as_nanos() as u64);
+        self.gaps
+            .iter()
+            .filter(|g| g.first_after_ns > time_ns && g.last_before_ns <= latest_start)
+            .max_by_key(|g| g.duration_ns())
+            .copied()
+    }
+
     /// Loss of the flows `source` sent, counting only those flows.
     pub fn loss_against(&self, source: &SourceReport) -> LossStats {
         let mut stats = LossStats::default();
@@ -310,6 +332,8 @@ struct SinkState {
     origins: BTreeMap<PortId, OriginReport>,
     transitions: Vec<Transition>,
     transitions_dropped: u64,
+    gaps: Vec<Gap>,
+    gaps_dropped: u64,
     other_frames: u64,
 }
 
@@ -392,6 +416,20 @@ impl Sink {
         note_arrival(&mut flow.report, flow.last_origin, time_ns, origin);
         flow.report.highest_sequence = flow.window.highest;
         flow.last_origin = Some(origin);
+        if let (Some(last_ns), Some(last_origin)) = (state.total.last_ns, state.last_origin)
+            && time_ns.saturating_sub(last_ns) >= self.inner.config.gap_threshold.as_nanos() as u64
+        {
+            if state.gaps.len() < self.inner.config.max_gaps {
+                state.gaps.push(Gap {
+                    last_before_ns: last_ns,
+                    first_after_ns: time_ns,
+                    last_before_origin: last_origin,
+                    first_after_origin: origin,
+                });
+            } else {
+                state.gaps_dropped += 1;
+            }
+        }
         note_arrival(&mut state.total, state.last_origin, time_ns, origin);
 
         if let Some(from) = state.last_origin
@@ -445,6 +483,8 @@ impl Sink {
             origins: state.origins.clone(),
             transitions: state.transitions.clone(),
             transitions_dropped: state.transitions_dropped,
+            gaps: state.gaps.clone(),
+            gaps_dropped: state.gaps_dropped,
             other_frames: state.other_frames,
         }
     }
@@ -638,6 +678,48 @@ mod tests {
     }
 
     #[test]
+    fn gaps_on_one_origin_measure_a_relay_fail_over() {
+        let sink = Sink::new();
+        // One port all along (a bypass relay closed): 1 ms apart, a 12 ms outage after a
+        // fault at 3.5 ms, and an earlier 3 ms hiccup.
+        feed(
+            &sink,
+            0,
+            &[
+                (0, 0, A),
+                (1, 3_000_000, A),
+                (2, 4_000_000, A),
+                (3, 16_000_000, A),
+                (4, 17_000_000, A),
+            ],
+        );
+        let report = sink.report();
+        assert_eq!(report.gaps.len(), 2);
+        assert_eq!(report.gaps_dropped, 0);
+        let gap = report
+            .gap_after(3_500_000, Duration::from_millis(100))
+            .unwrap();
+        assert_eq!(
+            (gap.last_before_ns, gap.first_after_ns),
+            (4_000_000, 16_000_000)
+        );
+        assert_eq!(gap.duration_ns(), 12_000_000);
+        // A fault after every gap: none.
+        assert!(
+            report
+                .gap_after(16_500_000, Duration::from_millis(100))
+                .is_none()
+        );
+        // A fault long before the outage: not within the window.
+        assert!(report.gap_after(0, Duration::from_nanos(1)).is_some());
+        assert!(
+            report
+                .gap_after(3_100_000, Duration::from_nanos(1))
+                .is_none()
+        );
+    }
+
+    #[test]
     fn origin_changes_measure_the_fail_over() {
         let sink = Sink::new();
         // A forwards until 5 ms, B from 25 ms on; a stale frame from A at 26 ms.
@@ -672,6 +754,7 @@ mod tests {
         let sink = Sink::with_config(SinkConfig {
             sequence_window: 64,
             max_transitions: 1,
+            ..SinkConfig::default()
         });
         feed(
             &sink,
