@@ -304,11 +304,19 @@ impl Dataplane {
                     }
                 }
                 Action::AnnounceTakeover { epoch } => {
-                    let forgotten = self.take_over();
-                    self.skip_backlog = true;
-                    crate::println!(
-                        "duplex: took over (epoch {epoch}); bridge table reset ({forgotten} stations)"
-                    );
+                    if duplex.node.config().mode == duplex_core::Mode::Serial {
+                        // In series the new Master was in the path all along, passing
+                        // the traffic through: its table is right and no other box
+                        // forwarded its backlog. Only the announcement.
+                        self.announce();
+                        crate::println!("duplex: took over (epoch {epoch})");
+                    } else {
+                        let forgotten = self.take_over();
+                        self.skip_backlog = true;
+                        crate::println!(
+                            "duplex: took over (epoch {epoch}); bridge table reset ({forgotten} stations)"
+                        );
+                    }
                 }
                 Action::RestartService(service) => {
                     crate::println!("duplex: restart of service {service} requested");
@@ -350,6 +358,13 @@ impl Dataplane {
     /// and switches point it at this box.
     fn take_over(&mut self) -> usize {
         let forgotten = self.bridge.flush();
+        self.announce();
+        forgotten
+    }
+
+    /// A gratuitous ARP (request and reply) for the management address on the bridged
+    /// ports.
+    fn announce(&mut self) {
         let bridged = self.bridged_ports();
         let mut frame = [0u8; 64];
         if let Some(m) = &self.management {
@@ -371,7 +386,6 @@ impl Dataplane {
         for port in self.ports.iter_mut() {
             port.nic.flush();
         }
-        forgotten
     }
 
     /// Runs the management stack and sends what it produced.

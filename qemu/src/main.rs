@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use duplex_lab::appliance::NicModel;
-use duplex_lab::pair::{NAMES, Pair, PairConfig, measure};
+use duplex_lab::pair::{NAMES, Pair, PairConfig, PairMode};
 use duplex_lab::stats::{median, percentile};
 use duplex_lab::vm::{Accel, Firmware, Vm, VmConfig};
 use duplex_lab::{Result, image, lab_error};
@@ -36,15 +36,19 @@ commands:
   sim [--seeds N] [--paths P] [--json]
                                 the pair simulator: detection time p50/p99 against heartbeat
                                 interval and loss, false fail-overs per hour, dual-Master time
-  pair [--mode parallel] [--nic virtio|e1000] [--hb-us N]
-                                boot a parallel pair and take fault commands on stdin:
+  pair [--mode parallel|serial] [--nic virtio|e1000] [--hb-us N] [--bypass-ms N]
+                                boot a pair and take fault commands on stdin:
                                 kill A, freeze A, thaw A, cut A.lan, mend A.lan, partition [PATH],
                                 heal [PATH], restart A, failover, traffic MBPS SECONDS, status, quit
-  bench failover --mode parallel [--rates 0,2,5,...] [--size N] [--runs K] [--json] [--svg PATH]
-                                kill the Master under traffic at each rate; fail-over time and lost
-                                frames at the sink, beside the paper's table; SVG plot
-  demo [--nic virtio|e1000] [--rate MBPS] [--size BYTES]
-                                boot a parallel pair, run traffic, kill the Master, print the
+                                (serial: source - A - B - sink, a bypass card per box)
+  bench failover --mode parallel|serial [--fault kill|freeze] [--rates 0,2,5,...] [--size N]
+                 [--runs K] [--hb-us N] [--bypass-ms N] [--json] [--svg PATH]
+                                fault the Master under traffic at each rate (default: kill in
+                                parallel mode, freeze in serial mode, where the bypass card's
+                                watchdog must act); fail-over time and lost frames at the sink,
+                                beside the paper's table; SVG plot
+  demo [--mode parallel|serial] [--nic virtio|e1000] [--rate MBPS] [--size BYTES]
+                                boot a pair, run traffic, kill the Master, print the
                                 fail-over time and lost frames, restart the dead box and show
                                 it rejoin as Slave
   help                          this text
@@ -143,38 +147,76 @@ fn nic_option(args: &mut Args) -> Result<NicModel> {
     }
 }
 
-fn mode_option(args: &mut Args) -> Result {
-    match args.value("--mode")?.as_deref() {
-        None | Some("parallel") => Ok(()),
-        Some("serial") => Err(lab_error!(
-            "--mode serial is not available yet: serial-dual mode needs the bypass relay wired into the pair lab (issue 6)"
-        )),
-        Some(other) => Err(lab_error!("--mode: '{other}' is not parallel or serial")),
+fn mode_option(args: &mut Args) -> Result<PairMode> {
+    match args.value("--mode")? {
+        None => Ok(PairMode::Parallel),
+        Some(word) => PairMode::parse(&word)
+            .ok_or_else(|| lab_error!("--mode: '{word}' is not parallel or serial")),
     }
 }
 
-fn cmd_pair(mut args: Args) -> Result {
-    mode_option(&mut args)?;
-    let nic = nic_option(&mut args)?;
-    let heartbeat_us = args.number("--hb-us", 1000u32)?;
-    args.finish()?;
+/// How the bench and the demo fault the Master.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Fault {
+    /// QEMU killed: power loss (a serial box's card closes its relay at once).
+    Kill,
+    /// QMP `stop`: a hung box (a serial box's card closes its relay when its own
+    /// watchdog runs out).
+    Freeze,
+}
+
+fn fault_option(args: &mut Args, mode: PairMode) -> Result<Fault> {
+    match args.value("--fault")?.as_deref() {
+        None if mode == PairMode::Serial => Ok(Fault::Freeze),
+        None | Some("kill") => Ok(Fault::Kill),
+        Some("freeze") => Ok(Fault::Freeze),
+        Some(other) => Err(lab_error!("--fault: '{other}' is not kill or freeze")),
+    }
+}
+
+/// Starts a pair for the `pair`, `demo` and `bench failover` commands.
+fn start_pair(mode: PairMode, nic: NicModel, heartbeat_us: u32, bypass_ms: u32) -> Result<Pair> {
     eprintln!(
-        "[lab] booting a parallel pair ({} NICs, {heartbeat_us} us heartbeats)...",
-        nic.name()
+        "[lab] booting a {} pair ({} NICs, {heartbeat_us} us heartbeats{})...",
+        mode.name(),
+        nic.name(),
+        if mode == PairMode::Serial {
+            format!(", bypass cards with a {bypass_ms} ms watchdog")
+        } else {
+            String::new()
+        }
     );
-    let mut pair = Pair::start(PairConfig {
+    Pair::start(PairConfig {
+        mode,
         nic,
         heartbeat_us,
+        bypass_ms,
         ..PairConfig::default()
-    })?;
+    })
+}
+
+fn cmd_pair(mut args: Args) -> Result {
+    let mode = mode_option(&mut args)?;
+    let nic = nic_option(&mut args)?;
+    let heartbeat_us = args.number("--hb-us", 1000u32)?;
+    let bypass_ms = args.number("--bypass-ms", 10u32)?;
+    args.finish()?;
+    let mut pair = start_pair(mode, nic, heartbeat_us, bypass_ms)?;
     let mut traffic: Option<duplex_fabric::Source> = None;
     let print_states = |pair: &mut Pair| {
-        let a = pair.state(0).unwrap_or_else(|e| format!("? ({e})"));
-        let b = pair.state(1).unwrap_or_else(|e| format!("? ({e})"));
-        println!(
-            "A: {a:<12} B: {b:<12} sink: {} frames",
-            pair.sink.received()
-        );
+        let mut line = String::new();
+        for (index, name) in NAMES.iter().enumerate() {
+            let state = pair.state(index).unwrap_or_else(|e| format!("? ({e})"));
+            line.push_str(&format!("{name}: {state:<12} "));
+            if let Ok(card) = pair.card_status(index) {
+                line.push_str(&format!(
+                    "(relay {}{}) ",
+                    if card.relay { "closed" } else { "open" },
+                    if card.fired { ", card fired" } else { "" }
+                ));
+            }
+        }
+        println!("{line}sink: {} frames", pair.sink.received());
     };
     print_states(&mut pair);
     println!(
@@ -233,6 +275,7 @@ fn cmd_pair(mut args: Args) -> Result {
 }
 
 fn cmd_demo(mut args: Args) -> Result {
+    let mode = mode_option(&mut args)?;
     let nic = nic_option(&mut args)?;
     let rate = args.number("--rate", 10.0f64)?;
     let size = args.number("--size", 512usize)?;
@@ -240,13 +283,11 @@ fn cmd_demo(mut args: Args) -> Result {
     let started = Instant::now();
     let step = |what: &str| eprintln!("[demo {:5.1} s] {what}", started.elapsed().as_secs_f64());
     step(&format!(
-        "booting a parallel pair ({} NICs): A then B",
+        "booting a {} pair ({} NICs): A then B",
+        mode.name(),
         nic.name()
     ));
-    let mut pair = Pair::start(PairConfig {
-        nic,
-        ..PairConfig::default()
-    })?;
+    let mut pair = start_pair(mode, nic, 1000, 10)?;
     step(&format!("A is {}, B is {}", pair.state(0)?, pair.state(1)?));
     let traffic = Duration::from_secs(6);
     step(&format!(
@@ -272,19 +313,18 @@ fn cmd_demo(mut args: Args) -> Result {
     let source_report = source.wait()?;
     pair.sink
         .wait_quiet(Duration::from_millis(300), Duration::from_secs(5));
-    let report = pair.sink.report();
-    let m = measure(
-        &report,
-        &source_report,
-        fault,
-        pair.wan_port(master),
-        pair.wan_port(standby),
-    )?;
+    let m = pair.measure(&source_report, fault, master, standby)?;
     println!();
-    println!(
-        "fail-over: {:.2} ms from the last frame forwarded by {} to the first forwarded by {}",
-        m.failover_ms, NAMES[master], NAMES[standby]
-    );
+    match mode {
+        PairMode::Parallel => println!(
+            "fail-over: {:.2} ms from the last frame forwarded by {} to the first forwarded by {}",
+            m.failover_ms, NAMES[master], NAMES[standby]
+        ),
+        PairMode::Serial => println!(
+            "fail-over: {:.2} ms of silence at the sink: {}'s card closed its relay (power loss) and {} carries the traffic",
+            m.failover_ms, NAMES[master], NAMES[standby]
+        ),
+    }
     println!(
         "lost frames: {} of {} sent ({:.3} %), duplicated: {}",
         m.lost,
@@ -318,10 +358,18 @@ fn cmd_demo(mut args: Args) -> Result {
     step(&format!("restarting {}", NAMES[master]));
     pair.restart(master)?;
     pair.wait_state(master, "Slave")?;
+    if mode == PairMode::Serial {
+        pair.wait_relay(master, false)?;
+    }
     step(&format!(
-        "{} rejoined as {}; {} stays {}",
+        "{} rejoined as {}{}; {} stays {}",
         NAMES[master],
         pair.state(master)?,
+        if mode == PairMode::Serial {
+            " (its relay open again: traffic goes through it)"
+        } else {
+            ""
+        },
         NAMES[standby],
         pair.state(standby)?
     ));
@@ -563,7 +611,8 @@ const PAPER: &[(f64, f64, f64, u64, u64)] = &[
 ];
 
 fn bench_failover(mut args: Args) -> Result {
-    mode_option(&mut args)?;
+    let mode = mode_option(&mut args)?;
+    let fault_kind = fault_option(&mut args, mode)?;
     let rates: Vec<f64> = match args.value("--rates")? {
         None => PAPER.iter().map(|r| r.0).collect(),
         Some(list) => list
@@ -578,22 +627,16 @@ fn bench_failover(mut args: Args) -> Result {
     let size = args.number("--size", 512usize)?;
     let runs = args.number("--runs", 1usize)?.max(1);
     let heartbeat_us = args.number("--hb-us", 1000u32)?;
+    let bypass_ms = args.number("--bypass-ms", 10u32)?;
     let nic = nic_option(&mut args)?;
     let json = args.flag("--json");
     let svg = args
         .value("--svg")?
         .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| image::target_dir().join("failover-parallel.svg"));
+        .unwrap_or_else(|| image::target_dir().join(format!("failover-{}.svg", mode.name())));
     args.finish()?;
-    eprintln!(
-        "[lab] parallel pair, {} NICs, {heartbeat_us} us heartbeats, {size}-byte frames, {runs} run(s) per rate",
-        nic.name()
-    );
-    let mut pair = Pair::start(PairConfig {
-        nic,
-        heartbeat_us,
-        ..PairConfig::default()
-    })?;
+    eprintln!("[lab] {size}-byte frames, {runs} run(s) per rate, fault: {fault_kind:?}");
+    let mut pair = start_pair(mode, nic, heartbeat_us, bypass_ms)?;
     let mut rows = Vec::new();
     for &rate in &rates {
         let mut times = Vec::new();
@@ -607,18 +650,15 @@ fn bench_failover(mut args: Args) -> Result {
                 .master()?
                 .ok_or_else(|| lab_error!("no single Master before the fault"))?;
             let standby = 1 - master;
-            let fault = pair.kill(master)?;
+            let fault = match fault_kind {
+                Fault::Kill => pair.kill(master)?,
+                Fault::Freeze => pair.freeze(master)?,
+            };
             pair.wait_state(standby, "Master")?;
             let sent = source.wait()?;
             pair.sink
                 .wait_quiet(Duration::from_millis(300), Duration::from_secs(5));
-            let m = measure(
-                &pair.sink.report(),
-                &sent,
-                fault,
-                pair.wan_port(master),
-                pair.wan_port(standby),
-            )?;
+            let m = pair.measure(&sent, fault, master, standby)?;
             eprintln!(
                 "[lab] {rate:>5} Mbit/s: fail-over {:7.2} ms, lost {:>6}, duplicated {}",
                 m.failover_ms, m.lost, m.duplicated
@@ -626,8 +666,12 @@ fn bench_failover(mut args: Args) -> Result {
             times.push(m.failover_ms);
             losses.push(m.lost as f64);
             duplicates += m.duplicated;
+            // A frozen box is killed (its card: power loss) and booted again.
             pair.restart(master)?;
             pair.wait_state(master, "Slave")?;
+            if mode == PairMode::Serial {
+                pair.wait_relay(master, false)?;
+            }
         }
         rows.push((
             rate,
@@ -637,43 +681,61 @@ fn bench_failover(mut args: Args) -> Result {
         ));
     }
     println!(
-        "mode parallel, {size}-byte frames, {} NICs, heartbeat {heartbeat_us} us, median of {runs} run(s)",
-        nic.name()
+        "mode {}, fault {fault_kind:?}, {size}-byte frames, {} NICs, heartbeat {heartbeat_us} us{}, median of {runs} run(s)",
+        mode.name(),
+        nic.name(),
+        if mode == PairMode::Serial {
+            format!(", bypass card watchdog {bypass_ms} ms")
+        } else {
+            String::new()
+        }
     );
     println!(
         "{:>9}  {:>14} {:>10}  {:>16} {:>12}  {:>10}",
         "Mbit/s", "fail-over ms", "lost", "paper f/o ms", "paper lost", "f/o ratio"
     );
+    let paper_of = |rate: f64| {
+        PAPER
+            .iter()
+            .find(|p| (p.0 - rate).abs() < 1e-9)
+            .map_or((f64::NAN, 0), |p| match mode {
+                PairMode::Parallel => (p.1, p.3),
+                PairMode::Serial => (p.2, p.4),
+            })
+    };
     for &(rate, ms, lost, _) in &rows {
-        let paper = PAPER.iter().find(|p| (p.0 - rate).abs() < 1e-9);
-        let (pms, plost) = paper.map_or((f64::NAN, 0), |p| (p.1, p.3));
+        let (pms, plost) = paper_of(rate);
         println!(
             "{rate:>9.0}  {ms:>14.2} {lost:>10.0}  {pms:>16.0} {plost:>12}  {:>9.1}x",
             pms / ms.max(1e-9)
         );
     }
-    write_svg(&svg, &rows)?;
+    write_svg(&svg, mode, &rows)?;
     println!("plot: {}", svg.display());
     if json {
         let rows_json: Vec<serde_json::Value> = rows
             .iter()
-            .map(|&(rate, ms, lost, _)| serde_json::json!({"rate_mbps": rate, "failover_ms": (ms * 100.0).round() / 100.0, "lost": lost as u64}))
+            .map(|&(rate, ms, lost, duplicated)| serde_json::json!({"rate_mbps": rate, "failover_ms": (ms * 100.0).round() / 100.0, "lost": lost as u64, "duplicated": duplicated}))
             .collect();
         println!(
             "{}",
-            serde_json::json!({"mode": "parallel", "size": size, "rows": rows_json})
+            serde_json::json!({"mode": mode.name(), "fault": format!("{fault_kind:?}").to_lowercase(), "size": size, "runs": runs, "heartbeat_us": heartbeat_us, "rows": rows_json})
         );
     }
     Ok(())
 }
 
 /// Fail-over time against rate, ours and the paper's, as an SVG line plot.
-fn write_svg(path: &std::path::Path, rows: &[(f64, f64, f64, u64)]) -> Result {
+fn write_svg(path: &std::path::Path, mode: PairMode, rows: &[(f64, f64, f64, u64)]) -> Result {
+    let paper_ms = |p: &(f64, f64, f64, u64, u64)| match mode {
+        PairMode::Parallel => p.1,
+        PairMode::Serial => p.2,
+    };
     let (w, h, left, bottom) = (720.0, 420.0, 70.0, 50.0);
     let max_rate = rows.iter().map(|r| r.0).fold(100.0f64, f64::max);
     let max_ms = PAPER
         .iter()
-        .map(|p| p.1)
+        .map(paper_ms)
         .fold(rows.iter().map(|r| r.1).fold(0.0, f64::max), f64::max)
         .max(1.0);
     // Log scale on the time axis: ours is milliseconds, the paper's up to seconds.
@@ -691,17 +753,18 @@ fn write_svg(path: &std::path::Path, rows: &[(f64, f64, f64, u64)]) -> Result {
             .join(" ")
     };
     let ours = line(rows.iter().map(|r| (r.0, r.1)).collect());
-    let paper = line(PAPER.iter().map(|p| (p.0, p.1)).collect());
+    let paper = line(PAPER.iter().map(|p| (p.0, paper_ms(p))).collect());
     let mut svg = format!(
         r#"<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" font-family="sans-serif" font-size="12">
 <rect width="100%" height="100%" fill="white"/>
-<text x="{}" y="16" text-anchor="middle" font-size="14">Fail-over time against load (parallel mode, log scale)</text>
+<text x="{}" y="16" text-anchor="middle" font-size="14">Fail-over time against load ({} mode, log scale)</text>
 <line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="black"/>
 <line x1="{left}" y1="20" x2="{left}" y2="{}" stroke="black"/>
 <text x="{}" y="{}" text-anchor="middle">traffic (Mbit/s)</text>
 <text x="16" y="{}" transform="rotate(-90 16 {})" text-anchor="middle">fail-over (ms)</text>
 "#,
         w / 2.0,
+        mode.name(),
         h - bottom,
         w - 20.0,
         h - bottom,

@@ -4,6 +4,12 @@
 //! sink`, plus a dedicated heartbeat wire `A.link - B.link`. The source sends numbered UDP
 //! frames to the sink's MAC; the sink records which box's WAN port each frame came
 //! from, so a fail-over shows as a switch of origin (`Transition`).
+//!
+//! Serial topology: `source - A.lan | A.wan - B.lan | B.wan - sink` (wires), the same
+//! dedicated link, and a bypass card per box (`crate::bypass_card`, the VM's COM2) whose
+//! relay shorts the box's lan and wan ports. Every frame reaches the sink through B.wan's
+//! segment whichever way it went, so a fail-over shows as a silence of the stream
+//! (`SinkReport::gap_after`).
 
 use std::net::Ipv4Addr;
 use std::time::{Duration, Instant};
@@ -13,7 +19,10 @@ use duplex_fabric::{
     SourceReport, TrafficSpec, clock,
 };
 
+use std::sync::Arc;
+
 use crate::appliance::{Appliance, NicModel};
+use crate::bypass_card::{BypassCard, CardConfig, CardStatus};
 use crate::image;
 use crate::vm::{Accel, Vm, VmConfig};
 use crate::{Result, lab_error};
@@ -25,9 +34,41 @@ pub const SOURCE_MAC: MacAddress = MacAddress([0x02, 0x53, 0x52, 0x43, 0x00, 0x0
 /// The sink's MAC (on the WAN side).
 pub const SINK_MAC: MacAddress = MacAddress([0x02, 0x53, 0x4e, 0x4b, 0x00, 0x01]);
 
+/// How the boxes stand.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PairMode {
+    /// Side by side on hubs; the Master forwards, the Slave stands by.
+    Parallel,
+    /// In series, each with a bypass relay; the Master works, the Slave passes through.
+    Serial,
+}
+
+impl PairMode {
+    /// `parallel` or `serial` (the boot option's and the lab flag's word).
+    pub fn name(self) -> &'static str {
+        match self {
+            PairMode::Parallel => "parallel",
+            PairMode::Serial => "serial",
+        }
+    }
+
+    /// Parses `parallel` or `serial`.
+    pub fn parse(word: &str) -> Option<PairMode> {
+        match word {
+            "parallel" => Some(PairMode::Parallel),
+            "serial" => Some(PairMode::Serial),
+            _ => None,
+        }
+    }
+}
+
 /// How to build the pair.
 #[derive(Debug, Clone)]
 pub struct PairConfig {
+    /// Parallel or serial.
+    pub mode: PairMode,
+    /// Serial mode: the bypass cards' watchdog timeout in ms (`bypass_ms=`).
+    pub bypass_ms: u32,
     /// NIC model of every NIC.
     pub nic: NicModel,
     /// Heartbeat interval in microseconds.
@@ -48,6 +89,8 @@ pub struct PairConfig {
 impl Default for PairConfig {
     fn default() -> Self {
         PairConfig {
+            mode: PairMode::Parallel,
+            bypass_ms: 10,
             nic: NicModel::Virtio,
             heartbeat_us: 1000,
             extra_cmdline: String::new(),
@@ -70,12 +113,15 @@ pub struct Box_ {
     pub appliance: Option<Appliance>,
     config: VmConfig,
     ports: Vec<duplex_fabric::VmPort>,
+    /// Serial mode: the box's bypass card (it outlives the VM, as a real card outlives
+    /// a reboot).
+    pub card: Option<BypassCard>,
 }
 
 /// A running pair.
 pub struct Pair {
-    /// The fabric.
-    pub fabric: Fabric,
+    /// The fabric (shared with the bypass cards' relays).
+    pub fabric: Arc<Fabric>,
     /// A and B.
     pub boxes: [Box_; 2],
     /// The traffic source's port (on the LAN hub).
@@ -106,7 +152,8 @@ impl Pair {
     /// Master and the other Slave.
     pub fn start(config: PairConfig) -> Result<Pair> {
         let kernel = image::build()?;
-        let fabric = Fabric::new()?;
+        let fabric = Arc::new(Fabric::new()?);
+        let serial = config.mode == PairMode::Serial;
         let sink = Sink::new();
         let source_port = fabric.add_internal_port("source", duplex_fabric::Discard)?;
         let sink_port = fabric.add_internal_port("sink", sink.clone())?;
@@ -122,9 +169,21 @@ impl Pair {
         for (index, name) in NAMES.iter().enumerate() {
             let node = index as u8 + 1;
             let priority = if index == 0 { 200 } else { 100 };
+            // In series, A's wan faces B and B's lan faces A.
+            let serial_options = if serial {
+                format!(
+                    " peer={} bypass_ms={}",
+                    if index == 0 { "wan" } else { "lan" },
+                    config.bypass_ms
+                )
+            } else {
+                String::new()
+            };
             let mut vm = VmConfig::new(name, &kernel).cmdline(&format!(
-                "node={node} priority={priority} mode=parallel hb_us={} key=duplex-lab-pair-key {}",
-                config.heartbeat_us, config.extra_cmdline
+                "node={node} priority={priority} mode={}{serial_options} hb_us={} key=duplex-lab-pair-key {}",
+                config.mode.name(),
+                config.heartbeat_us,
+                config.extra_cmdline
             ));
             vm.accel = config.accel;
             vm.lifetime = Duration::from_secs(3600);
@@ -142,15 +201,34 @@ impl Pair {
                     .extend(port.qemu_args(&format!("n{nic_index}"), config.nic.qemu_device()));
                 ports.push(port);
             }
+            let card = if serial {
+                // A card without power is a wire: the relay starts closed, and the box
+                // opens it once it runs.
+                let mut card_config = CardConfig::new(name);
+                card_config.relay_at_start = true;
+                let card =
+                    BypassCard::start(Arc::clone(&fabric), ports[0].id, ports[1].id, card_config)?;
+                vm.extra_args.extend(card.qemu_args("bp0"));
+                Some(card)
+            } else {
+                None
+            };
             boxes.push(Box_ {
                 name,
                 appliance: None,
                 config: vm,
                 ports,
+                card,
             });
         }
-        fabric.hub(&[source_port, boxes[0].ports[0].id, boxes[1].ports[0].id])?;
-        fabric.hub(&[boxes[0].ports[1].id, boxes[1].ports[1].id, sink_port])?;
+        if serial {
+            fabric.wire(source_port, boxes[0].ports[0].id)?;
+            fabric.wire(boxes[0].ports[1].id, boxes[1].ports[0].id)?;
+            fabric.wire(boxes[1].ports[1].id, sink_port)?;
+        } else {
+            fabric.hub(&[source_port, boxes[0].ports[0].id, boxes[1].ports[0].id])?;
+            fabric.hub(&[boxes[0].ports[1].id, boxes[1].ports[1].id, sink_port])?;
+        }
         if config.dedicated_link {
             fabric.wire(boxes[0].ports[2].id, boxes[1].ports[2].id)?;
         }
@@ -169,6 +247,11 @@ impl Pair {
         pair.wait_state(0, "Master")?;
         pair.boot(1)?;
         pair.wait_state(1, "Slave")?;
+        if pair.config.mode == PairMode::Serial {
+            // Both boxes in the path: their relays open.
+            pair.wait_relay(0, false)?;
+            pair.wait_relay(1, false)?;
+        }
         Ok(pair)
     }
 
@@ -345,6 +428,69 @@ impl Pair {
         self.boxes[index].ports[1].id
     }
 
+    /// Parallel or serial.
+    pub fn mode(&self) -> PairMode {
+        self.config.mode
+    }
+
+    /// Serial mode: the bypass card of box `index`.
+    pub fn card(&self, index: usize) -> Result<&BypassCard> {
+        self.boxes[index]
+            .card
+            .as_ref()
+            .ok_or_else(|| lab_error!("box {} has no bypass card (parallel mode)", NAMES[index]))
+    }
+
+    /// Serial mode: whether box `index`'s relay is closed, as its card says.
+    pub fn relay_closed(&self, index: usize) -> Result<bool> {
+        Ok(self.card(index)?.status().relay)
+    }
+
+    /// Serial mode: the card's state of box `index`.
+    pub fn card_status(&self, index: usize) -> Result<CardStatus> {
+        Ok(self.card(index)?.status())
+    }
+
+    /// Waits until box `index`'s relay is `closed` (serial mode).
+    pub fn wait_relay(&self, index: usize, closed: bool) -> Result {
+        let deadline = Instant::now() + self.config.timeout;
+        while self.relay_closed(index)? != closed {
+            if Instant::now() >= deadline {
+                return Err(lab_error!(
+                    "box {}'s relay did not {} within {:?}",
+                    NAMES[index],
+                    if closed { "close" } else { "open" },
+                    self.config.timeout
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(())
+    }
+
+    /// Measures a fail-over caused by a fault of box `old` at `fault_ns`, after which
+    /// `new` is the Master: in parallel mode the switch of origin at the sink, in
+    /// serial mode the stream's silence around the fault.
+    pub fn measure(
+        &self,
+        source: &SourceReport,
+        fault_ns: u64,
+        old: usize,
+        new: usize,
+    ) -> Result<FailoverMeasurement> {
+        let report = self.sink.report();
+        match self.config.mode {
+            PairMode::Parallel => measure(
+                &report,
+                source,
+                fault_ns,
+                self.wan_port(old),
+                self.wan_port(new),
+            ),
+            PairMode::Serial => measure_silence(&report, source, fault_ns),
+        }
+    }
+
     /// Drops a direction of a port's traffic with `percent` loss.
     pub fn set_loss(&self, port: &str, percent: f64) -> Result {
         Ok(self
@@ -364,6 +510,30 @@ pub struct FailoverMeasurement {
     pub duplicated: u64,
     /// Frames sent.
     pub sent: u64,
+}
+
+/// Reads a fail-over from the sink as the longest silence of the stream that ends after
+/// `fault_ns` (and starts within a second of it): serial mode, where the frames reach the
+/// sink through the same port before and after. No silence at all (none of at least the
+/// sink's gap threshold, 2 ms) measures 0.
+pub fn measure_silence(
+    report: &SinkReport,
+    source: &SourceReport,
+    fault_ns: u64,
+) -> Result<FailoverMeasurement> {
+    let loss = report.loss_against(source);
+    if report.origins.values().all(|o| o.last_ns < fault_ns) {
+        return Err(lab_error!("the sink saw no frame after the fault"));
+    }
+    let failover_ms = report
+        .gap_after(fault_ns, Duration::from_secs(1))
+        .map_or(0.0, |gap| gap.duration_ns() as f64 / 1e6);
+    Ok(FailoverMeasurement {
+        failover_ms,
+        lost: loss.lost,
+        duplicated: loss.duplicated,
+        sent: loss.sent,
+    })
 }
 
 /// Reads a fail-over from the sink: the first change of origin after `fault_ns` from the

@@ -1,0 +1,217 @@
+//! The serial pair end to end in QEMU: `source - A | A - B | B - sink` with a bypass card
+//! per box (the lab's card on each VM's COM2, its relay in the fabric).
+//!
+//! Each test boots its own pair and runs alone (`exclusive`). Bounds are generous: these
+//! tests check behaviour; `cargo lab bench failover --mode serial` measures speed.
+
+use std::time::{Duration, Instant};
+
+use duplex_lab::bypass_card::{CardEventKind, RelayCause};
+use duplex_lab::pair::{NAMES, Pair, PairConfig, PairMode};
+use duplex_tests::exclusive;
+
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A serial pair with 5 ms heartbeats and a 20 ms card watchdog: a VM the host stalls for
+/// a few milliseconds keeps its place; a dead or hung one is bypassed.
+fn serial_pair() -> Pair {
+    Pair::start(PairConfig {
+        mode: PairMode::Serial,
+        heartbeat_us: 5000,
+        bypass_ms: 20,
+        ..PairConfig::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn console_of(pair: &mut Pair, index: usize) -> String {
+    pair.vm(index)
+        .map(|vm| vm.console_text())
+        .unwrap_or_default()
+}
+
+fn master(pair: &mut Pair) -> usize {
+    pair.master()
+        .unwrap()
+        .unwrap_or_else(|| panic!("no single Master"))
+}
+
+/// Frames box `index` sent into the fabric on its wan port (it forwarded them).
+fn wan_frames(pair: &Pair, index: usize) -> u64 {
+    pair.fabric
+        .counters(pair.wan_port(index))
+        .unwrap()
+        .rx_frames
+}
+
+/// Waits until box `index` forwards traffic again (its wan port sends frames).
+fn wait_forwarding(pair: &Pair, index: usize) {
+    let before = wan_frames(pair, index);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while wan_frames(pair, index) < before + 20 {
+        assert!(
+            Instant::now() < deadline,
+            "box {} forwards nothing",
+            NAMES[index]
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_killed_box_becomes_a_cable_and_rejoins_after_reboot() {
+    let _machine = exclusive();
+    let mut pair = serial_pair();
+    assert!(!pair.relay_closed(0).unwrap() && !pair.relay_closed(1).unwrap());
+    let source = pair
+        .start_traffic(2.0, 512, Duration::from_secs(4))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let old = master(&mut pair);
+    let new = 1 - old;
+    let fault = pair.kill(old).unwrap();
+    // The card lost power: fail to wire.
+    let event = pair
+        .card(old)
+        .unwrap()
+        .wait_for_event(Duration::from_secs(5), |e| {
+            e.at_ns >= fault
+                && matches!(
+                    e.kind,
+                    CardEventKind::RelaySwitched {
+                        on: true,
+                        cause: RelayCause::PowerLoss
+                    }
+                )
+        })
+        .unwrap_or_else(|| panic!("{}'s relay did not close", NAMES[old]));
+    eprintln!(
+        "relay closed {:.2} ms after the kill",
+        (event.at_ns - fault) as f64 / 1e6
+    );
+    pair.wait_state(new, "Master")
+        .unwrap_or_else(|e| panic!("{e}\n{}", console_of(&mut pair, new)));
+    let sent = source.wait().unwrap();
+    pair.sink
+        .wait_quiet(Duration::from_millis(300), Duration::from_secs(5));
+    let m = pair.measure(&sent, fault, old, new).unwrap();
+    eprintln!(
+        "serial kill: {:.2} ms of silence, lost {} of {}, duplicated {}",
+        m.failover_ms, m.lost, m.sent, m.duplicated
+    );
+    assert!(m.failover_ms < 2000.0, "{m:?}");
+    assert!(m.lost < m.sent / 2, "{m:?}");
+
+    // The dead box boots again, opens its relay and passes the traffic through.
+    pair.restart(old).unwrap();
+    pair.wait_state(old, "Slave")
+        .unwrap_or_else(|e| panic!("{e}\n{}", console_of(&mut pair, old)));
+    pair.wait_relay(old, false).unwrap();
+    pair.wait_state(new, "Master").unwrap();
+    let source = pair
+        .start_traffic(2.0, 512, Duration::from_secs(2))
+        .unwrap();
+    wait_forwarding(&pair, old);
+    wait_forwarding(&pair, new);
+    source.wait().unwrap();
+    let show = pair
+        .vm(old)
+        .unwrap()
+        .command("show bypass", COMMAND_TIMEOUT)
+        .unwrap();
+    assert!(show.contains("relay:   open"), "{show}");
+    assert!(show.contains("armed"), "{show}");
+}
+
+#[test]
+fn a_hung_master_is_bypassed_by_its_card_and_rejoins_when_it_runs_again() {
+    let _machine = exclusive();
+    let mut pair = serial_pair();
+    let source = pair
+        .start_traffic(2.0, 512, Duration::from_secs(4))
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1000));
+    let old = master(&mut pair);
+    let new = 1 - old;
+    let card = pair.card(old).unwrap();
+    card.clear_events();
+    let fault = pair.freeze(old).unwrap();
+    // Nothing kicks the card now: its own watchdog closes the relay.
+    let fired = pair
+        .card(old)
+        .unwrap()
+        .wait_for_event(Duration::from_secs(5), |e| {
+            matches!(e.kind, CardEventKind::WatchdogFired { .. })
+        })
+        .unwrap_or_else(|| panic!("{}'s card watchdog did not fire", NAMES[old]));
+    eprintln!(
+        "card fired {:.2} ms after the freeze",
+        (fired.at_ns.saturating_sub(fault)) as f64 / 1e6
+    );
+    assert!(pair.relay_closed(old).unwrap());
+    pair.wait_state(new, "Master")
+        .unwrap_or_else(|e| panic!("{e}\n{}", console_of(&mut pair, new)));
+    let sent = source.wait().unwrap();
+    pair.sink
+        .wait_quiet(Duration::from_millis(300), Duration::from_secs(5));
+    let m = pair.measure(&sent, fault, old, new).unwrap();
+    eprintln!(
+        "serial freeze: {:.2} ms of silence, lost {} of {}",
+        m.failover_ms, m.lost, m.sent
+    );
+    assert!(m.failover_ms < 2000.0, "{m:?}");
+
+    // Running again, the box hears the new Master, follows it, re-arms its card and
+    // takes its place in the path again.
+    pair.thaw(old).unwrap();
+    pair.wait_state(old, "Slave")
+        .unwrap_or_else(|e| panic!("{e}\n{}", console_of(&mut pair, old)));
+    pair.wait_relay(old, false)
+        .unwrap_or_else(|e| panic!("{e}\n{}", console_of(&mut pair, old)));
+    assert!(pair.card_status(old).unwrap().armed);
+    let show = pair
+        .vm(old)
+        .unwrap()
+        .command("show bypass", COMMAND_TIMEOUT)
+        .unwrap();
+    assert!(!show.contains("fired 0 time"), "{show}");
+    let source = pair
+        .start_traffic(2.0, 512, Duration::from_secs(2))
+        .unwrap();
+    wait_forwarding(&pair, old);
+    source.wait().unwrap();
+}
+
+#[test]
+fn a_hung_main_loop_closes_the_relay_within_the_card_watchdog() {
+    let _machine = exclusive();
+    let mut pair = serial_pair();
+    let old = master(&mut pair);
+    let new = 1 - old;
+    pair.card(old).unwrap().clear_events();
+    let vm = pair.vm(old).unwrap();
+    vm.send("debug hang-loop\r").unwrap();
+    vm.wait_for("hanging the main loop", COMMAND_TIMEOUT)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let hung = duplex_fabric::clock::now_ns();
+    // The timer interrupt still runs but withholds the kicks (the main loop is silent),
+    // so the card fires; the standby takes over.
+    let fired = pair
+        .card(old)
+        .unwrap()
+        .wait_for_event(Duration::from_secs(5), |e| {
+            matches!(e.kind, CardEventKind::WatchdogFired { .. })
+        })
+        .unwrap_or_else(|| panic!("{}'s card watchdog did not fire", NAMES[old]));
+    eprintln!(
+        "card fired {:.2} ms after the hang was reported",
+        fired.at_ns.saturating_sub(hung) as f64 / 1e6
+    );
+    pair.wait_state(new, "Master")
+        .unwrap_or_else(|e| panic!("{e}\n{}", console_of(&mut pair, new)));
+    let source = pair
+        .start_traffic(2.0, 512, Duration::from_secs(1))
+        .unwrap();
+    wait_forwarding(&pair, new);
+    source.wait().unwrap();
+}
