@@ -160,6 +160,15 @@ pub fn kick_from_interrupt(now: Instant) {
     }
 }
 
+/// A request to the card waits for its reply inside the main loop; the loop is not hung
+/// meanwhile, so it says so (else a slow reply would withhold the kicks).
+fn main_loop_progress() {
+    let main_loop = MAIN_LOOP.load(Ordering::Relaxed);
+    if main_loop != usize::MAX {
+        liveness::iam_alive(liveness::Service(main_loop), duplex_arch::timer::now());
+    }
+}
+
 impl Card {
     fn failed(&mut self, error: Error, now: Instant) {
         self.failures += 1;
@@ -171,7 +180,9 @@ impl Card {
     }
 
     fn arm(&mut self, now: Instant) {
-        match self.driver.arm_watchdog(self.timeout) {
+        let result = self.driver.arm_watchdog(self.timeout);
+        main_loop_progress();
+        match result {
             Ok(()) => {
                 self.armed = true;
                 self.last_error = None;
@@ -182,7 +193,9 @@ impl Card {
     }
 
     fn switch(&mut self, on: bool, role: ForwardingRole, now: Instant) {
-        match self.driver.set_bypass(on) {
+        let result = self.driver.set_bypass(on);
+        main_loop_progress();
+        match result {
             Ok(()) => {
                 self.relay_on = on;
                 self.switches[usize::from(!on)] += 1;
@@ -215,7 +228,9 @@ impl Card {
         }
         if now >= self.next_status {
             self.next_status = now + STATUS_EVERY;
-            match self.driver.status() {
+            let status = self.driver.status();
+            main_loop_progress();
+            match status {
                 Ok(status) => {
                     if status.watchdog_fired && self.armed && !status.watchdog_armed {
                         // The notice was lost; the status tells.

@@ -39,7 +39,8 @@ commands:
   pair [--mode parallel|serial] [--nic virtio|e1000] [--hb-us N] [--bypass-ms N]
                                 boot a pair and take fault commands on stdin:
                                 kill A, freeze A, thaw A, cut A.lan, mend A.lan, partition [PATH],
-                                heal [PATH], restart A, failover, traffic MBPS SECONDS, status, quit
+                                heal [PATH], restart A, failover, traffic MBPS SECONDS,
+                                console A show duplex (any console command), status, quit
                                 (serial: source - A - B - sink, a bypass card per box)
   bench failover --mode parallel|serial [--fault kill|freeze] [--rates 0,2,5,...] [--size N]
                  [--runs K] [--hb-us N] [--bypass-ms N] [--json] [--svg PATH]
@@ -220,7 +221,7 @@ fn cmd_pair(mut args: Args) -> Result {
     };
     print_states(&mut pair);
     println!(
-        "commands: kill|freeze|thaw|restart A|B, cut|mend A.lan, partition|heal [lan|wan|link], failover, traffic MBPS SECONDS, status, quit"
+        "commands: kill|freeze|thaw|restart A|B, cut|mend A.lan, partition|heal [lan|wan|link], failover, traffic MBPS SECONDS, console A|B COMMAND, status, quit"
     );
     let stdin = std::io::stdin();
     let mut line = String::new();
@@ -240,6 +241,10 @@ fn cmd_pair(mut args: Args) -> Result {
             ["freeze", b] => Pair::index_of(b).and_then(|i| pair.freeze(i).map(|_| ())),
             ["thaw", b] => Pair::index_of(b).and_then(|i| pair.thaw(i).map(|_| ())),
             ["restart", b] => Pair::index_of(b).and_then(|i| pair.restart(i)),
+            ["console", b, command @ ..] if !command.is_empty() => Pair::index_of(b)
+                .and_then(|i| pair.vm(i))
+                .and_then(|vm| vm.command(&command.join(" "), Duration::from_secs(10)))
+                .map(|out| println!("{out}")),
             ["cut", p] => pair.set_port(p, false).map(|_| ()),
             ["mend", p] => pair.set_port(p, true).map(|_| ()),
             ["partition"] => pair.partition(None, true),
