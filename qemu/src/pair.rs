@@ -322,6 +322,25 @@ impl Pair {
         })
     }
 
+    /// Waits (up to the pair's timeout) until exactly one box is Master, and returns it.
+    /// Under host load a pair may be between states for a moment.
+    pub fn wait_master(&mut self) -> Result<usize> {
+        let deadline = Instant::now() + self.config.timeout;
+        loop {
+            if let Some(master) = self.master()? {
+                return Ok(master);
+            }
+            if Instant::now() >= deadline {
+                let (a, b) = (self.state(0)?, self.state(1)?);
+                return Err(lab_error!(
+                    "no single Master within {:?} (A {a}, B {b})",
+                    self.config.timeout
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Box index by name ("A"/"B", case-insensitive).
     pub fn index_of(name: &str) -> Result<usize> {
         NAMES
