@@ -23,6 +23,12 @@ use crate::pair::Duplex;
 pub const BATCH: usize = 64;
 /// Most frames kept while a resumed Master holds its traffic (`ForwardingRole::Hold`).
 pub const HOLD_MAX: usize = 4096;
+/// After a takeover (parallel mode), frames received this long after the claim are not
+/// forwarded either: they may have reached the wire before the claim heartbeat did (and
+/// so precede it in a frozen old Master's rings, which forwards them when it resumes),
+/// but were still on their way from the wire into this box's ring when the first pass
+/// after the claim read it. Measured under QEMU TCG: up to about 3 ms.
+pub const TAKEOVER_GUARD: core::time::Duration = core::time::Duration::from_millis(4);
 
 /// Per-port counters the loop keeps on top of the driver's and the bridge's.
 #[derive(Debug, Default, Clone, Copy)]
@@ -63,6 +69,8 @@ pub struct Dataplane {
     /// claimed, while the old Master may still have forwarded them (they also precede the
     /// claim in its rings), so the first pass after a takeover does not forward them.
     pub skip_backlog: bool,
+    /// Until then, frames are not forwarded (the takeover guard, [`TAKEOVER_GUARD`]).
+    pub skip_until: Instant,
     /// Frames not forwarded for that reason.
     pub backlog_skipped: u64,
     /// Gratuitous ARPs sent after takeovers.
@@ -117,6 +125,7 @@ impl Dataplane {
             announcements: 0,
             loop_drops: 0,
             skip_backlog: false,
+            skip_until: Instant::ZERO,
             backlog_skipped: 0,
             held: alloc::collections::VecDeque::new(),
             hold_counters: [0; 3],
@@ -149,8 +158,9 @@ impl Dataplane {
             let bridge = &mut self.bridge;
             let counters = &mut self.counters;
             let management = &mut self.management;
-            let mut forwarding = self.forwarding && !self.skip_backlog;
-            let skipping = self.forwarding && self.skip_backlog;
+            let skip = self.skip_backlog || now < self.skip_until;
+            let mut forwarding = self.forwarding && !skip;
+            let skipping = self.forwarding && skip;
             let backlog_skipped = &mut self.backlog_skipped;
             let holding = self.role == Some(ForwardingRole::Hold);
             let held = &mut self.held;
@@ -313,6 +323,7 @@ impl Dataplane {
                     } else {
                         let forgotten = self.take_over();
                         self.skip_backlog = true;
+                        self.skip_until = now + TAKEOVER_GUARD;
                         crate::println!(
                             "duplex: took over (epoch {epoch}); bridge table reset ({forgotten} stations)"
                         );
