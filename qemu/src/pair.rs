@@ -151,6 +151,14 @@ impl Pair {
     /// Boots A (node 1, priority 200) and B (node 2, priority 100) and waits until one is
     /// Master and the other Slave.
     pub fn start(config: PairConfig) -> Result<Pair> {
+        let mut pair = Pair::new(config)?;
+        pair.boot_both()?;
+        Ok(pair)
+    }
+
+    /// Builds the image, the fabric, the boxes' ports (and cards), but boots nothing:
+    /// for tests that need traffic running before the boxes come up.
+    pub fn new(config: PairConfig) -> Result<Pair> {
         let kernel = image::build()?;
         let fabric = Arc::new(Fabric::new()?);
         let serial = config.mode == PairMode::Serial;
@@ -233,7 +241,7 @@ impl Pair {
             fabric.wire(boxes[0].ports[2].id, boxes[1].ports[2].id)?;
         }
         let [a, b]: [Box_; 2] = boxes.try_into().map_err(|_| lab_error!("two boxes"))?;
-        let mut pair = Pair {
+        Ok(Pair {
             fabric,
             boxes: [a, b],
             source_port,
@@ -241,18 +249,23 @@ impl Pair {
             sink,
             config,
             disks,
-        };
+        })
+    }
+
+    /// Boots A, waits until it is Master, boots B, waits until it is Slave (and, in serial
+    /// mode, until both relays are open).
+    pub fn boot_both(&mut self) -> Result {
         // A first, so that it is the first to finish probing and becomes Master.
-        pair.boot(0)?;
-        pair.wait_state(0, "Master")?;
-        pair.boot(1)?;
-        pair.wait_state(1, "Slave")?;
-        if pair.config.mode == PairMode::Serial {
+        self.boot(0)?;
+        self.wait_state(0, "Master")?;
+        self.boot(1)?;
+        self.wait_state(1, "Slave")?;
+        if self.config.mode == PairMode::Serial {
             // Both boxes in the path: their relays open.
-            pair.wait_relay(0, false)?;
-            pair.wait_relay(1, false)?;
+            self.wait_relay(0, false)?;
+            self.wait_relay(1, false)?;
         }
-        Ok(pair)
+        Ok(())
     }
 
     /// Boots box `index` (again) with its ports and waits for its ready marker.
@@ -426,20 +439,49 @@ impl Pair {
     /// Starts traffic from the source to the sink at `mbps` with `size`-byte frames
     /// (`mbps` = 0: a low 100 frames/s keep-alive stream, so fail-over is still visible).
     pub fn start_traffic(&self, mbps: f64, size: usize, duration: Duration) -> Result<Source> {
-        let rate = if mbps <= 0.0 {
-            Rate::FramesPerSecond(100.0)
-        } else {
-            Rate::BitsPerSecond(mbps * 1e6)
-        };
         let spec = TrafficSpec::new(
             SOURCE_MAC,
             SINK_MAC,
             Ipv4Addr::new(10, 1, 0, 1),
             Ipv4Addr::new(10, 2, 0, 1),
         );
+        self.traffic(self.source_port, spec, mbps, size, duration)
+    }
+
+    /// Traffic the other way, from the sink's side to the source's (the replies of a real
+    /// network: a port that only transmits sees no traffic of its own). The sink does not
+    /// count it.
+    pub fn start_reverse_traffic(
+        &self,
+        mbps: f64,
+        size: usize,
+        duration: Duration,
+    ) -> Result<Source> {
+        let spec = TrafficSpec::new(
+            SINK_MAC,
+            SOURCE_MAC,
+            Ipv4Addr::new(10, 2, 0, 1),
+            Ipv4Addr::new(10, 1, 0, 1),
+        );
+        self.traffic(self.sink_port, spec, mbps, size, duration)
+    }
+
+    fn traffic(
+        &self,
+        port: PortId,
+        spec: TrafficSpec,
+        mbps: f64,
+        size: usize,
+        duration: Duration,
+    ) -> Result<Source> {
+        let rate = if mbps <= 0.0 {
+            Rate::FramesPerSecond(100.0)
+        } else {
+            Rate::BitsPerSecond(mbps * 1e6)
+        };
         let mut config = SourceConfig::new(spec, rate, size);
         config.duration = Some(duration);
-        Ok(Source::start(&self.fabric, self.source_port, config)?)
+        Ok(Source::start(&self.fabric, port, config)?)
     }
 
     /// The WAN port of box `index` (where its forwarded frames enter the sink's hub).

@@ -215,3 +215,75 @@ fn a_hung_main_loop_closes_the_relay_within_the_card_watchdog() {
     wait_forwarding(&pair, new);
     source.wait().unwrap();
 }
+
+#[test]
+fn missing_traffic_sends_both_boxes_to_bypass_and_traffic_brings_them_back() {
+    let _machine = exclusive();
+    // Missing traffic for 300 ms is an interface failure: in serial mode, bypass.
+    let mut pair = Pair::new(PairConfig {
+        mode: PairMode::Serial,
+        heartbeat_us: 5000,
+        bypass_ms: 20,
+        extra_cmdline: "traffic_ms=300".to_string(),
+        ..PairConfig::default()
+    })
+    .unwrap_or_else(|e| panic!("{e}"));
+    // Traffic both ways first (the relays are closed until the boxes run: a port must
+    // receive traffic to count as working), then the boxes.
+    let both_ways = |pair: &Pair| {
+        [
+            pair.start_traffic(2.0, 512, Duration::from_secs(120)),
+            pair.start_reverse_traffic(1.0, 512, Duration::from_secs(120)),
+        ]
+        .map(Result::unwrap)
+    };
+    let sources = both_ways(&pair);
+    pair.boot_both().unwrap_or_else(|e| panic!("{e}"));
+    wait_forwarding(&pair, 0);
+    wait_forwarding(&pair, 1);
+    // In the path and staying there: no interface failure while traffic flows.
+    std::thread::sleep(Duration::from_secs(1));
+    for index in 0..2 {
+        assert!(!pair.relay_closed(index).unwrap());
+        let duplex = pair
+            .vm(index)
+            .unwrap()
+            .command("show duplex", COMMAND_TIMEOUT)
+            .unwrap();
+        assert!(!duplex.contains("InterfaceFailure"), "{duplex}");
+    }
+    for source in sources {
+        source.stop().unwrap();
+    }
+    // Both boxes see no traffic and get out of the path.
+    for index in 0..2 {
+        pair.wait_relay(index, true)
+            .unwrap_or_else(|e| panic!("{e}\n{}", console_of(&mut pair, index)));
+    }
+    for index in 0..2 {
+        let duplex = pair
+            .vm(index)
+            .unwrap()
+            .command("show duplex", COMMAND_TIMEOUT)
+            .unwrap();
+        assert!(duplex.contains("InterfaceFailure"), "{duplex}");
+    }
+    // Traffic again: it flows around both boxes at once, and each box, retrying every
+    // second, opens its relay, sees the traffic and stays in the path.
+    let received = pair.sink.received();
+    let sources = both_ways(&pair);
+    assert!(
+        pair.sink.wait_for(received + 20, Duration::from_secs(10)),
+        "no traffic around the bypassed boxes"
+    );
+    for index in 0..2 {
+        pair.wait_relay(index, false)
+            .unwrap_or_else(|e| panic!("{e}\n{}", console_of(&mut pair, index)));
+    }
+    pair.wait_master().unwrap();
+    wait_forwarding(&pair, 0);
+    wait_forwarding(&pair, 1);
+    for source in sources {
+        source.stop().unwrap();
+    }
+}
