@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use duplex_lab::bypass_card::{CardEventKind, RelayCause};
+use duplex_lab::bypass_card::{CardEvent, CardEventKind, RelayCause};
 use duplex_lab::pair::{NAMES, Pair, PairConfig, PairMode};
 use duplex_tests::exclusive;
 
@@ -34,6 +34,23 @@ fn master(pair: &mut Pair) -> usize {
     pair.master()
         .unwrap()
         .unwrap_or_else(|| panic!("no single Master"))
+}
+
+/// The answer of box `index`'s console to `command`.
+fn console(pair: &mut Pair, index: usize, command: &str) -> String {
+    pair.vm(index)
+        .and_then(|vm| vm.command(command, COMMAND_TIMEOUT))
+        .unwrap_or_else(|e| panic!("{command} on {}: {e}", NAMES[index]))
+}
+
+/// Waits for box `index`'s card watchdog to fire.
+fn wait_card_fired(pair: &Pair, index: usize) -> CardEvent {
+    pair.card(index)
+        .unwrap()
+        .wait_for_event(Duration::from_secs(5), |e| {
+            matches!(e.kind, CardEventKind::WatchdogFired { .. })
+        })
+        .unwrap_or_else(|| panic!("{}'s card watchdog did not fire", NAMES[index]))
 }
 
 /// Frames box `index` sent into the fabric on its wan port (it forwarded them).
@@ -114,11 +131,7 @@ fn a_killed_box_becomes_a_cable_and_rejoins_after_reboot() {
     wait_forwarding(&pair, old);
     wait_forwarding(&pair, new);
     source.wait().unwrap();
-    let show = pair
-        .vm(old)
-        .unwrap()
-        .command("show bypass", COMMAND_TIMEOUT)
-        .unwrap();
+    let show = console(&mut pair, old, "show bypass");
     assert!(show.contains("relay:   open"), "{show}");
     assert!(show.contains("armed"), "{show}");
 }
@@ -137,13 +150,7 @@ fn a_hung_master_is_bypassed_by_its_card_and_rejoins_when_it_runs_again() {
     card.clear_events();
     let fault = pair.freeze(old).unwrap();
     // Nothing kicks the card now: its own watchdog closes the relay.
-    let fired = pair
-        .card(old)
-        .unwrap()
-        .wait_for_event(Duration::from_secs(5), |e| {
-            matches!(e.kind, CardEventKind::WatchdogFired { .. })
-        })
-        .unwrap_or_else(|| panic!("{}'s card watchdog did not fire", NAMES[old]));
+    let fired = wait_card_fired(&pair, old);
     eprintln!(
         "card fired {:.2} ms after the freeze",
         (fired.at_ns.saturating_sub(fault)) as f64 / 1e6
@@ -169,11 +176,7 @@ fn a_hung_master_is_bypassed_by_its_card_and_rejoins_when_it_runs_again() {
     pair.wait_relay(old, false)
         .unwrap_or_else(|e| panic!("{e}\n{}", console_of(&mut pair, old)));
     assert!(pair.card_status(old).unwrap().armed);
-    let show = pair
-        .vm(old)
-        .unwrap()
-        .command("show bypass", COMMAND_TIMEOUT)
-        .unwrap();
+    let show = console(&mut pair, old, "show bypass");
     assert!(!show.contains("fired 0 time"), "{show}");
     let source = pair
         .start_traffic(2.0, 512, Duration::from_secs(2))
@@ -196,13 +199,7 @@ fn a_hung_main_loop_closes_the_relay_within_the_card_watchdog() {
     let hung = duplex_fabric::clock::now_ns();
     // The timer interrupt still runs but withholds the kicks (the main loop is silent),
     // so the card fires; the standby takes over.
-    let fired = pair
-        .card(old)
-        .unwrap()
-        .wait_for_event(Duration::from_secs(5), |e| {
-            matches!(e.kind, CardEventKind::WatchdogFired { .. })
-        })
-        .unwrap_or_else(|| panic!("{}'s card watchdog did not fire", NAMES[old]));
+    let fired = wait_card_fired(&pair, old);
     eprintln!(
         "card fired {:.2} ms after the hang was reported",
         fired.at_ns.saturating_sub(hung) as f64 / 1e6

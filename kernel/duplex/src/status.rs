@@ -7,6 +7,7 @@ use core::fmt::{self, Write};
 use core::time::Duration;
 
 use duplex_hal::{Instant, MacAddress};
+use duplex_mgmt::json::write_string;
 
 use crate::Error;
 use crate::config::{NodeId, PathId, Timing};
@@ -312,23 +313,6 @@ impl fmt::Display for Status {
     }
 }
 
-/// Writes `s` as a JSON string literal.
-fn json_string(out: &mut String, s: &str) {
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
 fn us(d: Duration) -> u128 {
     d.as_micros()
 }
@@ -408,7 +392,7 @@ impl Status {
             if i > 0 {
                 o.push(',');
             }
-            json_string(&mut o, &failure_name(f));
+            write_string(&mut o, &failure_name(f));
         }
         o.push_str("],\"paths\":[");
         for (i, p) in self.paths.iter().enumerate() {
@@ -416,7 +400,7 @@ impl Status {
                 o.push(',');
             }
             let _ = write!(o, "{{\"path\":{},\"name\":", p.path);
-            json_string(&mut o, &p.name);
+            write_string(&mut o, &p.name);
             let _ = write!(
                 o,
                 ",\"mac\":\"{}\",\"up\":{},\"sent\":{},\"received\":{},\"duplicates\":{},\"rejected\":{},\"interface_failed\":{},\"heartbeats\":{},\"last_error\":",
@@ -433,7 +417,7 @@ impl Status {
                 Some(e) => {
                     let mut s = String::new();
                     let _ = write!(s, "{e}");
-                    json_string(&mut o, &s);
+                    write_string(&mut o, &s);
                 }
                 None => o.push_str("null"),
             }
@@ -487,7 +471,7 @@ impl Status {
                 o.push(',');
             }
             let _ = write!(o, "{{\"id\":{},\"name\":", s.id);
-            json_string(&mut o, &s.name);
+            write_string(&mut o, &s.name);
             let _ = write!(
                 o,
                 ",\"deadline_us\":{},\"on_miss\":\"{}\",\"last_alive_us\":{},\"failed\":{},\"misses\":{},\"restarts\":{}}}",
