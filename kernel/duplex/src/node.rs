@@ -139,8 +139,13 @@ impl Peer {
         (self.master_epoch, self.priority, self.id.0)
     }
 
-    fn candidate_rank(&self) -> (u8, u8, u16) {
-        (self.state.warmth(), self.priority, self.id.0)
+    fn candidate_rank(&self) -> (u64, u8, u8, u16) {
+        (
+            self.log_position,
+            self.state.warmth(),
+            self.priority,
+            self.id.0,
+        )
     }
 }
 
@@ -1172,7 +1177,12 @@ impl Node {
     /// True if no live candidate peer outranks this node ranked with `warmth` (SPEC §2).
     fn is_best_candidate(&self, now: Instant, warmth: u8) -> bool {
         let mode = self.config.mode;
-        let me = (warmth, self.priority, self.config.node_id.0);
+        let me = (
+            self.log_position,
+            warmth,
+            self.priority,
+            self.config.node_id.0,
+        );
         !self
             .peers
             .iter()

@@ -58,6 +58,8 @@ struct Fake {
     paths: u8,
     /// When it last sent.
     last_sent: Instant,
+    /// The replicated-log position it announces.
+    log_position: u64,
 }
 
 impl Fake {
@@ -77,6 +79,7 @@ impl Fake {
             talking: true,
             paths: 1,
             last_sent: Instant::ZERO,
+            log_position: 0,
         }
     }
 
@@ -107,7 +110,7 @@ impl Fake {
             master_epoch: self.master_epoch,
             interval_us: 1000,
             load_kbps: self.load_kbps,
-            log_position: 0,
+            log_position: self.log_position,
         }
         .to_frame(&key())
     }
@@ -944,6 +947,37 @@ fn contention_is_settled_by_epoch_then_priority_then_id() {
     let old = s.add(Fake::new(9, 255).claims(State::Master, 0));
     s.hear(old);
     assert_eq!(s.state(), State::Master);
+}
+
+#[test]
+fn at_a_cold_start_the_freshest_log_wins_before_priority() {
+    for mode in [Mode::Parallel, Mode::Serial] {
+        // Both booting: the peer has a newer log; this node, though of higher priority,
+        // does not claim at the end of its probe period.
+        let mut s = Script::new(mode, 1, 255);
+        let mut fresh = Fake::new(2, 10);
+        fresh.state = State::Probe;
+        fresh.log_position = 500;
+        s.add(fresh);
+        s.node.set_log_position(100);
+        // Just past the probe period (10 ms), before the orphan wait (another 10 ms)
+        // would make it claim anyway if the fresher peer never did.
+        s.run(Duration::from_millis(13));
+        let standby = match mode {
+            Mode::Parallel => State::SubMaster,
+            Mode::Serial => State::Slave,
+        };
+        assert_eq!(s.state(), standby, "{mode}");
+        // The same logs: priority decides, and this node claims.
+        let mut s = Script::new(mode, 1, 255);
+        let mut peer = Fake::new(2, 10);
+        peer.state = State::Probe;
+        peer.log_position = 100;
+        s.add(peer);
+        s.node.set_log_position(100);
+        s.run(Duration::from_millis(30));
+        assert!(s.state().is_claimer(), "{mode}: {}", s.state());
+    }
 }
 
 #[test]
