@@ -21,6 +21,10 @@ use crate::pair::Duplex;
 
 /// Frames taken from one port per pass.
 pub const BATCH: usize = 64;
+/// Frames taken from a port per pass even when the egress has no room (they are
+/// dropped if it still has none): heartbeats queue behind data in the same ring and must
+/// not wait for a congested egress.
+pub const MIN_BATCH: usize = 4;
 /// Most frames kept while a resumed Master holds its traffic (`ForwardingRole::Hold`).
 pub const HOLD_MAX: usize = 4096;
 /// After a takeover (parallel mode), frames received this long after the claim are not
@@ -35,6 +39,9 @@ pub const TAKEOVER_GUARD: core::time::Duration = core::time::Duration::from_mill
 pub struct LoopCounters {
     /// Frames dropped because the egress transmit ring was full.
     pub tx_ring_full: u64,
+    /// Passes that read fewer frames from this port than [`BATCH`] because the egress
+    /// ring had no room for more (backpressure: they wait in this port's ring).
+    pub rx_throttled: u64,
 }
 
 /// The bridge, its ports and the management stack.
@@ -150,7 +157,11 @@ impl Dataplane {
         let mut handled = 0;
         let mut bridged_bytes = 0u64;
         let bridged = self.bridged_ports();
-        for ingress in 0..self.ports.len() {
+        // Dedicated heartbeat links first, then the bridged ports: a box that resumes after
+        // a freeze learns of a newer claim from its link's backlog before it forwards any of
+        // its data backlog (which the new Master may have forwarded already).
+        let order = (bridged..self.ports.len()).chain(0..bridged);
+        for ingress in order {
             let (before, rest) = self.ports.split_at_mut(ingress);
             let Some((port, after)) = rest.split_first_mut() else {
                 continue;
@@ -159,7 +170,15 @@ impl Dataplane {
             let counters = &mut self.counters;
             let management = &mut self.management;
             let skip = self.skip_backlog || now < self.skip_until;
-            let mut forwarding = self.forwarding && !skip;
+            // The role the node holds now (a heartbeat on an earlier port of this pass may
+            // have changed it), not only the one the last actions set.
+            let role_forwards = duplex.as_ref().is_none_or(|d| {
+                matches!(
+                    d.node.role(),
+                    ForwardingRole::Forward | ForwardingRole::PassThrough
+                )
+            });
+            let mut forwarding = self.forwarding && !skip && role_forwards;
             let skipping = self.forwarding && skip;
             let backlog_skipped = &mut self.backlog_skipped;
             let holding = self.role == Some(ForwardingRole::Hold);
@@ -186,7 +205,22 @@ impl Dataplane {
                 )
                 .filter(|(i, _)| *i < bridged)
                 .collect();
-            handled += port.nic.receive(BATCH, &mut |frame| {
+            // Read no more than the egress can take: the rest waits in this ring (and
+            // the sender's buffers) rather than being dropped at a full transmit ring.
+            let budget = if forwarding && is_bridged {
+                let room = others
+                    .iter_mut()
+                    .map(|(_, p)| p.nic.transmit_room())
+                    .min()
+                    .unwrap_or(usize::MAX);
+                if room < BATCH {
+                    counters[ingress].rx_throttled += 1;
+                }
+                BATCH.min(room.max(MIN_BATCH))
+            } else {
+                BATCH
+            };
+            handled += port.nic.receive(budget, &mut |frame| {
                 if heartbeat::is_heartbeat(frame) {
                     // Heartbeats are the node's, never data.
                     if let Some(node) = node.as_mut() {
@@ -435,7 +469,7 @@ impl Dataplane {
             let c = port.nic.counters();
             let _ = write!(
                 out,
-                "{} ({} {} at {}): link {}\r\n  rx {} frames {} bytes, dropped {}, errors {}\r\n  tx {} frames {} bytes, dropped {} (ring full {})\r\n",
+                "{} ({} {} at {}): link {}\r\n  rx {} frames {} bytes, dropped {}, errors {}, throttled passes {}\r\n  tx {} frames {} bytes, dropped {} (ring full {})\r\n",
                 port.name,
                 port.nic.model(),
                 port.nic.mac_address(),
@@ -445,6 +479,7 @@ impl Dataplane {
                 c.rx_bytes,
                 c.rx_dropped,
                 c.rx_errors,
+                self.counters[i].rx_throttled,
                 c.tx_frames,
                 c.tx_bytes,
                 c.tx_dropped,

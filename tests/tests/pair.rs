@@ -103,9 +103,9 @@ fn a_frozen_master_never_forwards_beside_the_new_one() {
         loss.duplicated, 0,
         "the sink saw duplicated frames: {loss:?}"
     );
-    // The resumed box may still deliver late what it received before the takeover and
-    // nobody else forwarded (its backlog up to the new Master's claim), but never a copy of
-    // what the new Master forwarded: no duplicates (checked above).
+    // The resumed box reads its dedicated link first, learns of the newer claim and drops
+    // its data backlog (the new Master skipped it too: those frames are lost, not late and
+    // not doubled); it never sends a copy of what the new Master forwarded (checked above).
 }
 
 #[test]

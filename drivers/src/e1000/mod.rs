@@ -385,6 +385,11 @@ impl<R: RegisterBlock> Nic for E1000<R> {
         Ok(())
     }
 
+    fn transmit_room(&mut self) -> usize {
+        self.transmit_ring.reclaim();
+        self.transmit_ring.room()
+    }
+
     fn flush(&mut self) {
         if let Some(tail) = self.transmit_ring.take_doorbell() {
             // Frame copies and descriptors are in memory before the device looks.

@@ -217,6 +217,12 @@ impl TransmitRing {
         self.in_use < self.count - 1
     }
 
+    /// How many more frames fit (one descriptor always stays unused, as in
+    /// [`TransmitRing::has_room`]).
+    pub fn room(&self) -> usize {
+        (self.count - 1).saturating_sub(self.in_use)
+    }
+
     /// Copies `frame` (at most [`BUFFER_SIZE`] bytes, checked by the caller) into the next
     /// buffer and fills its descriptor. The caller checked [`TransmitRing::has_room`].
     pub fn push(&mut self, frame: &[u8]) {

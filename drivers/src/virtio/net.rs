@@ -424,6 +424,14 @@ impl<T: Transport> Nic for VirtioNet<T> {
         }
     }
 
+    fn transmit_room(&mut self) -> usize {
+        if self.failed {
+            return 0;
+        }
+        self.reclaim_transmitted();
+        self.free_transmit_slots.len()
+    }
+
     fn flush(&mut self) {
         if self.transmit_unflushed > 0 {
             self.transmit_unflushed = 0;

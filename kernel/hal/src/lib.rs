@@ -142,6 +142,15 @@ pub trait Nic {
     /// finished transmit buffers.
     fn flush(&mut self);
 
+    /// How many frames [`Nic::transmit`] would take now, without a flush, before it
+    /// refuses one with [`Error::Busy`]. The forwarding loop reads no more frames than
+    /// the egress can take, so a slow egress leaves them in the ingress ring (and the
+    /// sender's buffers) instead of dropping them. `usize::MAX` when the driver cannot
+    /// tell.
+    fn transmit_room(&mut self) -> usize {
+        usize::MAX
+    }
+
     /// The largest frame `transmit` accepts (without FCS); 1514 unless the device says more.
     fn max_frame_len(&self) -> usize {
         1514
