@@ -27,12 +27,18 @@ pub const BATCH: usize = 64;
 pub const MIN_BATCH: usize = 4;
 /// Most frames kept while a resumed Master holds its traffic (`ForwardingRole::Hold`).
 pub const HOLD_MAX: usize = 4096;
-/// After a takeover (parallel mode), frames received this long after the claim are not
-/// forwarded either: they may have reached the wire before the claim heartbeat did (and
-/// so precede it in a frozen old Master's rings, which forwards them when it resumes),
-/// but were still on their way from the wire into this box's ring when the first pass
-/// after the claim read it. Measured under QEMU TCG: up to about 3 ms.
+/// After a takeover (parallel mode) on a box without a dedicated heartbeat link, frames
+/// received this long after the claim are not forwarded either: they may have reached the
+/// wire before the claim heartbeat did (and so precede it in a frozen old Master's rings,
+/// which forwards them when it resumes), but were still on their way from the wire into
+/// this box's ring when it drained the ring. Measured under QEMU TCG: up to about 3 ms.
+/// With a dedicated link the old Master reads the claim there before any of its data
+/// backlog and drops that backlog, so no guard is needed (it would only lengthen every
+/// fail-over).
 pub const TAKEOVER_GUARD: core::time::Duration = core::time::Duration::from_millis(4);
+/// The longest a takeover's backlog skip lasts, drained or not (a ring that never drains
+/// under overload must not keep the new Master from forwarding).
+pub const BACKLOG_SKIP_MAX: core::time::Duration = core::time::Duration::from_millis(10);
 
 /// Per-port counters the loop keeps on top of the driver's and the bridge's.
 #[derive(Debug, Default, Clone, Copy)]
@@ -72,12 +78,15 @@ pub struct Dataplane {
     pub hold_counters: [u64; 3],
     /// Frames dropped by the loop guard (a station seen on the other side).
     pub loop_drops: u64,
-    /// Set by a takeover: the frames already in the receive rings arrived before this box
-    /// claimed, while the old Master may still have forwarded them (they also precede the
-    /// claim in its rings), so the first pass after a takeover does not forward them.
-    pub skip_backlog: bool,
+    /// Set by a takeover, a bit per bridged port: the frames already in the receive rings
+    /// arrived before this box claimed, while the old Master may still have forwarded them
+    /// (they also precede the claim in its rings), so they are not forwarded. A port's bit
+    /// clears when a pass finds its ring drained (fewer frames than the pass could take).
+    pub skip_backlog: u8,
     /// Until then, frames are not forwarded (the takeover guard, [`TAKEOVER_GUARD`]).
     pub skip_until: Instant,
+    /// The backlog skip ends at this time at the latest ([`BACKLOG_SKIP_MAX`]).
+    pub skip_backlog_until: Instant,
     /// Frames not forwarded for that reason.
     pub backlog_skipped: u64,
     /// Gratuitous ARPs sent after takeovers.
@@ -131,8 +140,9 @@ impl Dataplane {
             heartbeats_dropped: 0,
             announcements: 0,
             loop_drops: 0,
-            skip_backlog: false,
+            skip_backlog: 0,
             skip_until: Instant::ZERO,
+            skip_backlog_until: Instant::ZERO,
             backlog_skipped: 0,
             held: alloc::collections::VecDeque::new(),
             hold_counters: [0; 3],
@@ -160,6 +170,9 @@ impl Dataplane {
         // Dedicated heartbeat links first, then the bridged ports: a box that resumes after
         // a freeze learns of a newer claim from its link's backlog before it forwards any of
         // its data backlog (which the new Master may have forwarded already).
+        if now >= self.skip_backlog_until {
+            self.skip_backlog = 0;
+        }
         let order = (bridged..self.ports.len()).chain(0..bridged);
         for ingress in order {
             let (before, rest) = self.ports.split_at_mut(ingress);
@@ -169,7 +182,7 @@ impl Dataplane {
             let bridge = &mut self.bridge;
             let counters = &mut self.counters;
             let management = &mut self.management;
-            let skip = self.skip_backlog || now < self.skip_until;
+            let skip = self.skip_backlog & (1 << ingress) != 0 || now < self.skip_until;
             // The role the node holds now (a heartbeat on an earlier port of this pass may
             // have changed it), not only the one the last actions set.
             let role_forwards = duplex.as_ref().is_none_or(|d| {
@@ -220,7 +233,7 @@ impl Dataplane {
             } else {
                 BATCH
             };
-            handled += port.nic.receive(budget, &mut |frame| {
+            let taken = port.nic.receive(budget, &mut |frame| {
                 if heartbeat::is_heartbeat(frame) {
                     // Heartbeats are the node's, never data.
                     if let Some(node) = node.as_mut() {
@@ -304,10 +317,13 @@ impl Dataplane {
                     }
                 }
             });
+            handled += taken;
+            if taken < budget {
+                // The ring is drained: what comes from now on arrived after the claim.
+                self.skip_backlog &= !(1 << ingress);
+            }
         }
         handled += self.poll_management(now);
-        // The backlog of the pass after a takeover has been dropped; forward from now on.
-        self.skip_backlog = false;
         if let Some(d) = duplex.as_mut() {
             d.account(bridged_bytes, now);
             self.run_actions(d, now);
@@ -356,8 +372,11 @@ impl Dataplane {
                         crate::println!("duplex: took over (epoch {epoch})");
                     } else {
                         let forgotten = self.take_over();
-                        self.skip_backlog = true;
-                        self.skip_until = now + TAKEOVER_GUARD;
+                        self.skip_backlog = (1u8 << self.bridged_ports()) - 1;
+                        self.skip_backlog_until = now + BACKLOG_SKIP_MAX;
+                        if self.ports.len() == self.bridged_ports() {
+                            self.skip_until = now + TAKEOVER_GUARD;
+                        }
                         crate::println!(
                             "duplex: took over (epoch {epoch}); bridge table reset ({forgotten} stations)"
                         );
