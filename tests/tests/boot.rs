@@ -174,31 +174,42 @@ fn ticks_and_clock(vm: &mut Vm) -> (u64, u64) {
 fn check_timer_rate(cmdline: &str) {
     let _machine = exclusive();
     let mut vm = boot("timer", cmdline);
-    let (ticks0, clock0) = ticks_and_clock(&mut vm);
-    let host0 = Instant::now();
-    // The measurement needs at least a second of guest time; it polls the guest
-    // rather than sleeping blind, and stops as soon as enough time has passed.
-    let (ticks1, clock1, host1) = loop {
-        let (t, c) = ticks_and_clock(&mut vm);
-        let h = Instant::now();
-        if h - host0 >= Duration::from_millis(1500) && c - clock0 >= 1000 {
-            break (t, c, h);
+    // Under emulation a vCPU the host does not run for a while loses timer ticks (they
+    // coalesce), so a busy host shows a lower rate; it never shows a higher one. Up to
+    // three windows of a second: the rate must reach 1 kHz within 10 % in one of them, and
+    // no window may run fast.
+    let mut rates = Vec::new();
+    for _ in 0..3 {
+        let (ticks0, clock0) = ticks_and_clock(&mut vm);
+        let host0 = Instant::now();
+        // At least a second of guest time; poll the guest rather than sleeping blind.
+        let (ticks1, clock1, host1) = loop {
+            let (t, c) = ticks_and_clock(&mut vm);
+            let h = Instant::now();
+            if h - host0 >= Duration::from_millis(1500) && c - clock0 >= 1000 {
+                break (t, c, h);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let host_ms = (host1 - host0).as_secs_f64() * 1e3;
+        let guest_ms = (clock1 - clock0) as f64;
+        let tick_rate = (ticks1 - ticks0) as f64 / (guest_ms / 1e3);
+        // The TSC clock follows the host clock...
+        assert!(
+            (guest_ms / host_ms - 1.0).abs() < 0.10,
+            "guest {guest_ms} ms vs host {host_ms} ms"
+        );
+        // ...and the tick never runs fast.
+        assert!(
+            tick_rate < 1100.0,
+            "tick rate {tick_rate:.1} Hz over {guest_ms} ms"
+        );
+        rates.push(tick_rate);
+        if (tick_rate / 1000.0 - 1.0).abs() < 0.10 {
+            return;
         }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let host_ms = (host1 - host0).as_secs_f64() * 1e3;
-    let guest_ms = (clock1 - clock0) as f64;
-    let tick_rate = (ticks1 - ticks0) as f64 / (guest_ms / 1e3);
-    // The TSC clock follows the host clock...
-    assert!(
-        (guest_ms / host_ms - 1.0).abs() < 0.10,
-        "guest {guest_ms} ms vs host {host_ms} ms"
-    );
-    // ...and the tick runs at 1 kHz of it.
-    assert!(
-        (tick_rate / 1000.0 - 1.0).abs() < 0.10,
-        "tick rate {tick_rate:.1} Hz over {guest_ms} ms"
-    );
+    }
+    panic!("tick rate below 900 Hz in every window: {rates:.1?} Hz");
 }
 
 #[test]
