@@ -44,9 +44,9 @@
 //! - The source sleeps between frames and catches up in bursts
 //!   ([`ForwardOptions::source_spin`]): a spinning source takes a core from QEMU.
 //! - Before any measurement the appliance forwards a trickle until a frame gets through
-//!   and at least a second has passed since it came up: QEMU 7.2's e1000 wedges its
-//!   receive path for good when a burst arrives within a second of the receiver being
-//!   enabled. A frame sent from the sink's side teaches the bridge where the destination
+//!   and at least a second has passed since it came up: QEMU 7.2's e1000 was once seen to
+//!   wedge its receive path for good when a burst arrived within a second of the receiver
+//!   being enabled (not reproduced since; the warm-up costs a second and stays). A frame sent from the sink's side teaches the bridge where the destination
 //!   lives, so test frames are forwarded, not flooded. The appliance boots with
 //!   [`DEFAULT_CMDLINE`] (a plain bridge, no heartbeats).
 //!
