@@ -301,9 +301,8 @@ fn cmd_demo(mut args: Args) -> Result {
     ));
     let source = pair.start_traffic(rate, size, traffic)?;
     std::thread::sleep(Duration::from_secs(2));
-    let master = pair
-        .master()?
-        .ok_or_else(|| lab_error!("no single Master before the fault"))?;
+    // Under host load the pair may be between states for a moment: wait for one Master.
+    let master = pair.wait_master()?;
     let standby = 1 - master;
     step(&format!(
         "killing the Master, {} (QEMU killed: power loss)",

@@ -21,10 +21,8 @@ fn pair() -> Pair {
 }
 
 fn master_and_standby(pair: &mut Pair) -> (usize, usize) {
-    let master = pair
-        .master()
-        .unwrap()
-        .unwrap_or_else(|| panic!("no single Master"));
+    // A loaded host may leave the pair between states for a moment: wait for one Master.
+    let master = pair.wait_master().unwrap_or_else(|e| panic!("{e}"));
     (master, 1 - master)
 }
 

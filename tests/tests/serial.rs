@@ -31,9 +31,8 @@ fn console_of(pair: &mut Pair, index: usize) -> String {
 }
 
 fn master(pair: &mut Pair) -> usize {
-    pair.master()
-        .unwrap()
-        .unwrap_or_else(|| panic!("no single Master"))
+    // A loaded host may leave the pair between states for a moment: wait for one Master.
+    pair.wait_master().unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The answer of box `index`'s console to `command`.
