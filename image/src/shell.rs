@@ -108,6 +108,13 @@ pub fn execute(system: &mut System, line: &str, out: &mut String) {
         }
         Command::ShowStatus { json } => {
             if json {
+                // `relay`: the bypass card's relay in serial mode ("open": traffic goes
+                // through the box, "closed": around it), "none" without a card.
+                let relay = match &system.bypass {
+                    Some(card) if card.relay_closed() => "closed",
+                    Some(_) => "open",
+                    None => "none",
+                };
                 let status = JsonObject::new()
                     .uint("node", u64::from(system.options.node))
                     .uint("uptime_ms", uptime_ms())
@@ -115,12 +122,24 @@ pub fn execute(system: &mut System, line: &str, out: &mut String) {
                     .string("version", crate::VERSION)
                     .uint("ticks", timer::ticks())
                     .uint("boot_option_errors", system.option_errors.len() as u64)
+                    .string("relay", relay)
                     .finish();
                 line!(out, "{status}");
             } else {
                 line!(out, "node:    {}", system.options.node);
                 line!(out, "state:   {}", state_name(system));
                 line!(out, "uptime:  {} ms", uptime_ms());
+                if let Some(card) = &system.bypass {
+                    line!(
+                        out,
+                        "relay:   {}",
+                        if card.relay_closed() {
+                            "closed (traffic goes around this box)"
+                        } else {
+                            "open (traffic goes through this box)"
+                        }
+                    );
+                }
                 line!(
                     out,
                     "boot:    {:?}, cmdline '{}'",

@@ -142,6 +142,8 @@ fn show_status_json_is_one_parsable_line() {
     assert_eq!(v["node"], 4);
     assert!(v["uptime_ms"].as_u64().is_some(), "{out}");
     assert!(v["state"].as_str().is_some(), "{out}");
+    // No bypass card outside serial mode.
+    assert_eq!(v["relay"].as_str(), Some("none"), "{out}");
 }
 
 #[test]

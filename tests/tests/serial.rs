@@ -132,6 +132,8 @@ fn a_killed_box_becomes_a_cable_and_rejoins_after_reboot() {
     source.wait().unwrap();
     let show = console(&mut pair, old, "show bypass");
     assert!(show.contains("relay:   open"), "{show}");
+    let status = console(&mut pair, old, "show status --json");
+    assert!(status.contains(r#""relay":"open""#), "{status}");
     assert!(show.contains("armed"), "{show}");
 }
 
