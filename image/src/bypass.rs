@@ -58,6 +58,8 @@ pub struct Card {
     fired: u64,
     /// The card's watchdog had fired before this boot (the status at boot said so).
     fired_before_boot: bool,
+    /// The driver's count of `* fired` notices at the last look.
+    notices_seen: u64,
     /// Relay switches this box asked for: closed, opened.
     switches: [u64; 2],
     /// Requests that failed, and the last error.
@@ -105,6 +107,7 @@ pub fn init(options: &BootOptions, now: Instant) -> Option<Card> {
         armed: false,
         fired: 0,
         fired_before_boot: false,
+        notices_seen: 0,
         switches: [0; 2],
         failures: 0,
         last_error: None,
@@ -170,6 +173,22 @@ fn main_loop_progress() {
 }
 
 impl Card {
+    /// Takes in `* fired` notices the driver saw since the last look, whichever call read
+    /// them (a notice can arrive while a request waits for its reply). After a fire the
+    /// card is disarmed with its relay closed, whatever this side believed: a later
+    /// `off` would leave the box in the path with nothing to bypass it if it hangs.
+    fn note_fired(&mut self) {
+        let total = self.driver.counters().fired_notices;
+        let new = total.wrapping_sub(self.notices_seen);
+        self.notices_seen = total;
+        if new > 0 {
+            self.fired += new;
+            self.relay_on = true;
+            self.armed = false;
+            println!("bypass: the card's watchdog fired: relay closed (this box stalled)");
+        }
+    }
+
     fn failed(&mut self, error: Error, now: Instant) {
         self.failures += 1;
         if self.last_error != Some(error) {
@@ -182,6 +201,8 @@ impl Card {
     fn arm(&mut self, now: Instant) {
         let result = self.driver.arm_watchdog(self.timeout);
         main_loop_progress();
+        // A notice read while arming reports a fire before the arm, which the arm undid.
+        self.note_fired();
         match result {
             Ok(()) => {
                 self.armed = true;
@@ -198,6 +219,9 @@ impl Card {
         match result {
             Ok(()) => {
                 self.relay_on = on;
+                // A fire around the switch leaves the card disarmed: noted after the
+                // switch, so the next pass arms it again (and opens the relay if needed).
+                self.note_fired();
                 self.switches[usize::from(!on)] += 1;
                 self.last_error = None;
                 println!(
@@ -216,13 +240,8 @@ impl Card {
     /// The main loop's part, every pass: notices from the card, a status read now and
     /// then, and the relay made to follow `role`.
     pub fn poll(&mut self, role: Option<ForwardingRole>, now: Instant) {
-        let fired = self.driver.poll();
-        if fired > 0 {
-            self.fired += fired;
-            self.relay_on = true;
-            self.armed = false;
-            println!("bypass: the card's watchdog fired: relay closed (this box stalled)");
-        }
+        self.driver.poll();
+        self.note_fired();
         if now < self.quiet_until {
             return;
         }
@@ -230,6 +249,7 @@ impl Card {
             self.next_status = now + STATUS_EVERY;
             let status = self.driver.status();
             main_loop_progress();
+            self.note_fired();
             match status {
                 Ok(status) => {
                     if status.watchdog_fired && self.armed && !status.watchdog_armed {
