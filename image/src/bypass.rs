@@ -62,8 +62,7 @@ pub struct Card {
     notices_seen: u64,
     /// Relay switches this box asked for: closed, opened.
     switches: [u64; 2],
-    /// Requests that failed, and the last error.
-    failures: u64,
+    /// The last failed request's error (the driver counts the failures).
     last_error: Option<Error>,
     /// Next status read.
     next_status: Instant,
@@ -109,12 +108,11 @@ pub fn init(options: &BootOptions, now: Instant) -> Option<Card> {
         fired_before_boot: false,
         notices_seen: 0,
         switches: [0; 2],
-        failures: 0,
         last_error: None,
         next_status: now + STATUS_EVERY,
         quiet_until: now,
     };
-    match card.driver.status() {
+    match card.request(|card| card.status()) {
         Ok(status) => {
             card.relay_on = status.bypassing;
             card.fired_before_boot = status.watchdog_fired;
@@ -163,8 +161,16 @@ pub fn kick_from_interrupt(now: Instant) {
     }
 }
 
-/// A request to the card waits for its reply inside the main loop; the loop is not hung
-/// meanwhile, so it says so (else a slow reply would withhold the kicks).
+/// The relay's state in words, for the console.
+pub fn relay_text(closed: bool) -> &'static str {
+    if closed {
+        "closed (traffic goes around this box)"
+    } else {
+        "open (traffic goes through this box)"
+    }
+}
+
+/// The main loop proves it runs (while it waits for the card's reply).
 fn main_loop_progress() {
     let main_loop = MAIN_LOOP.load(Ordering::Relaxed);
     if main_loop != usize::MAX {
@@ -189,8 +195,21 @@ impl Card {
         }
     }
 
+    /// One request to the card. The main loop waits inside it for the reply, and is not
+    /// hung meanwhile (so it says so: a slow reply must not withhold the kicks); a
+    /// `* fired` notice read meanwhile is taken in before the caller looks at the result,
+    /// which then sets what the request did on top of it.
+    fn request<T>(
+        &mut self,
+        call: impl FnOnce(&mut LabBypass<UartStream>) -> duplex_hal::Result<T>,
+    ) -> duplex_hal::Result<T> {
+        let result = call(&mut self.driver);
+        main_loop_progress();
+        self.note_fired();
+        result
+    }
+
     fn failed(&mut self, error: Error, now: Instant) {
-        self.failures += 1;
         if self.last_error != Some(error) {
             println!("{}bypass: card request failed: {error:?}", markers::ERROR);
         }
@@ -199,11 +218,9 @@ impl Card {
     }
 
     fn arm(&mut self, now: Instant) {
-        let result = self.driver.arm_watchdog(self.timeout);
-        main_loop_progress();
+        let timeout = self.timeout;
         // A notice read while arming reports a fire before the arm, which the arm undid.
-        self.note_fired();
-        match result {
+        match self.request(|card| card.arm_watchdog(timeout)) {
             Ok(()) => {
                 self.armed = true;
                 self.last_error = None;
@@ -214,24 +231,14 @@ impl Card {
     }
 
     fn switch(&mut self, on: bool, role: ForwardingRole, now: Instant) {
-        let result = self.driver.set_bypass(on);
-        main_loop_progress();
-        match result {
+        // A fire before the switch leaves the card disarmed (noted: the next pass arms it
+        // again) and the relay as the switch set it.
+        match self.request(|card| card.set_bypass(on)) {
             Ok(()) => {
                 self.relay_on = on;
-                // A fire around the switch leaves the card disarmed: noted after the
-                // switch, so the next pass arms it again (and opens the relay if needed).
-                self.note_fired();
                 self.switches[usize::from(!on)] += 1;
                 self.last_error = None;
-                println!(
-                    "bypass: relay {} (role {role:?})",
-                    if on {
-                        "closed: traffic goes around this box"
-                    } else {
-                        "open: traffic goes through this box"
-                    }
-                );
+                println!("bypass: relay {} (role {role:?})", relay_text(on));
             }
             Err(e) => self.failed(e, now),
         }
@@ -247,10 +254,7 @@ impl Card {
         }
         if now >= self.next_status {
             self.next_status = now + STATUS_EVERY;
-            let status = self.driver.status();
-            main_loop_progress();
-            self.note_fired();
-            match status {
+            match self.request(|card| card.status()) {
                 Ok(status) => {
                     if status.watchdog_fired && self.armed && !status.watchdog_armed {
                         // The notice was lost; the status tells.
@@ -300,11 +304,7 @@ impl Card {
             out,
             "card:    {} on COM2\r\nrelay:   {}\r\nwatchdog: {} ms, {}; fired {} time(s) since boot{}\r\n",
             self.driver.name(),
-            if self.relay_on {
-                "closed (traffic goes around this box)"
-            } else {
-                "open (traffic goes through this box)"
-            },
+            relay_text(self.relay_on),
             self.timeout.as_millis(),
             if self.armed { "armed" } else { "not armed" },
             self.fired,

@@ -167,12 +167,12 @@ impl Dataplane {
         let mut handled = 0;
         let mut bridged_bytes = 0u64;
         let bridged = self.bridged_ports();
-        // Dedicated heartbeat links first, then the bridged ports: a box that resumes after
-        // a freeze learns of a newer claim from its link's backlog before it forwards any of
-        // its data backlog (which the new Master may have forwarded already).
         if now >= self.skip_backlog_until {
             self.skip_backlog = 0;
         }
+        // Dedicated heartbeat links first, then the bridged ports: a box that resumes after
+        // a freeze learns of a newer claim from its link's backlog before it forwards any of
+        // its data backlog (which the new Master may have forwarded already).
         let order = (bridged..self.ports.len()).chain(0..bridged);
         for ingress in order {
             let (before, rest) = self.ports.split_at_mut(ingress);
@@ -185,12 +185,7 @@ impl Dataplane {
             let skip = self.skip_backlog & (1 << ingress) != 0 || now < self.skip_until;
             // The role the node holds now (a heartbeat on an earlier port of this pass may
             // have changed it), not only the one the last actions set.
-            let role_forwards = duplex.as_ref().is_none_or(|d| {
-                matches!(
-                    d.node.role(),
-                    ForwardingRole::Forward | ForwardingRole::PassThrough
-                )
-            });
+            let role_forwards = duplex.as_ref().is_none_or(|d| d.node.role().forwards());
             let mut forwarding = self.forwarding && !skip && role_forwards;
             let skipping = self.forwarding && skip;
             let backlog_skipped = &mut self.backlog_skipped;
@@ -245,10 +240,7 @@ impl Dataplane {
                         }
                         // A heartbeat that made this node stop forwarding (a newer claim)
                         // takes effect for the very next frame of the batch.
-                        if !matches!(
-                            node.role(),
-                            ForwardingRole::Forward | ForwardingRole::PassThrough
-                        ) {
+                        if !node.role().forwards() {
                             forwarding = false;
                         }
                     }
@@ -357,8 +349,7 @@ impl Dataplane {
                 Action::SetRole(role) => {
                     let was_holding = self.role == Some(ForwardingRole::Hold);
                     self.role = Some(role);
-                    self.forwarding =
-                        matches!(role, ForwardingRole::Forward | ForwardingRole::PassThrough);
+                    self.forwarding = role.forwards();
                     if was_holding {
                         self.release_held(role == ForwardingRole::Forward);
                     }

@@ -133,11 +133,7 @@ pub fn execute(system: &mut System, line: &str, out: &mut String) {
                     line!(
                         out,
                         "relay:   {}",
-                        if card.relay_closed() {
-                            "closed (traffic goes around this box)"
-                        } else {
-                            "open (traffic goes through this box)"
-                        }
+                        crate::bypass::relay_text(card.relay_closed())
                     );
                 }
                 line!(

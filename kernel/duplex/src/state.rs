@@ -191,6 +191,11 @@ impl ForwardingRole {
         }
     }
 
+    /// True for the roles that send data on: `Forward` and `PassThrough`.
+    pub const fn forwards(self) -> bool {
+        matches!(self, ForwardingRole::Forward | ForwardingRole::PassThrough)
+    }
+
     /// Lower-case name.
     pub const fn name(self) -> &'static str {
         match self {
