@@ -199,8 +199,8 @@ fn start_pair(mode: PairMode, nic: NicModel, heartbeat_us: u32, bypass_ms: u32) 
 fn cmd_pair(mut args: Args) -> Result {
     let mode = mode_option(&mut args)?;
     let nic = nic_option(&mut args)?;
-    let heartbeat_us = args.number("--hb-us", 1000u32)?;
-    let bypass_ms = args.number("--bypass-ms", 10u32)?;
+    let heartbeat_us = args.number("--hb-us", PairConfig::default().heartbeat_us)?;
+    let bypass_ms = args.number("--bypass-ms", PairConfig::default().bypass_ms)?;
     args.finish()?;
     let mut pair = start_pair(mode, nic, heartbeat_us, bypass_ms)?;
     let mut traffic: Option<duplex_fabric::Source> = None;
@@ -292,7 +292,8 @@ fn cmd_demo(mut args: Args) -> Result {
         mode.name(),
         nic.name()
     ));
-    let mut pair = start_pair(mode, nic, 1000, 10)?;
+    let defaults = PairConfig::default();
+    let mut pair = start_pair(mode, nic, defaults.heartbeat_us, defaults.bypass_ms)?;
     step(&format!("A is {}, B is {}", pair.state(0)?, pair.state(1)?));
     let traffic = Duration::from_secs(6);
     step(&format!(
@@ -362,9 +363,7 @@ fn cmd_demo(mut args: Args) -> Result {
     step(&format!("restarting {}", NAMES[master]));
     pair.restart(master)?;
     pair.wait_state(master, "Slave")?;
-    if mode == PairMode::Serial {
-        pair.wait_relay(master, false)?;
-    }
+    pair.wait_in_path(master)?;
     step(&format!(
         "{} rejoined as {}{}; {} stays {}",
         NAMES[master],
@@ -630,8 +629,8 @@ fn bench_failover(mut args: Args) -> Result {
     };
     let size = args.number("--size", 512usize)?;
     let runs = args.number("--runs", 1usize)?.max(1);
-    let heartbeat_us = args.number("--hb-us", 1000u32)?;
-    let bypass_ms = args.number("--bypass-ms", 10u32)?;
+    let heartbeat_us = args.number("--hb-us", PairConfig::default().heartbeat_us)?;
+    let bypass_ms = args.number("--bypass-ms", PairConfig::default().bypass_ms)?;
     let nic = nic_option(&mut args)?;
     let json = args.flag("--json");
     let svg = args
@@ -746,9 +745,7 @@ fn failover_run(
     // A frozen box is killed (its card: power loss) and booted again.
     pair.restart(master)?;
     pair.wait_state(master, "Slave")?;
-    if pair.mode() == PairMode::Serial {
-        pair.wait_relay(master, false)?;
-    }
+    pair.wait_in_path(master)?;
     Ok(m)
 }
 
@@ -761,12 +758,8 @@ fn recover_pair(pair: &mut Pair) -> Result {
         }
     }
     pair.wait_master()?;
-    if pair.mode() == PairMode::Serial {
-        for index in 0..2 {
-            pair.wait_relay(index, false)?;
-        }
-    }
-    Ok(())
+    pair.wait_in_path(0)?;
+    pair.wait_in_path(1)
 }
 
 /// Fail-over time against rate, ours and the paper's, as an SVG line plot.

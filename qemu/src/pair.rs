@@ -260,12 +260,17 @@ impl Pair {
         self.wait_state(0, "Master")?;
         self.boot(1)?;
         self.wait_state(1, "Slave")?;
-        if self.config.mode == PairMode::Serial {
-            // Both boxes in the path: their relays open.
-            self.wait_relay(0, false)?;
-            self.wait_relay(1, false)?;
+        self.wait_in_path(0)?;
+        self.wait_in_path(1)
+    }
+
+    /// Waits until box `index` is in the traffic's path: in serial mode, until its relay
+    /// is open (a parallel box has no relay: nothing to wait for).
+    pub fn wait_in_path(&mut self, index: usize) -> Result {
+        match self.config.mode {
+            PairMode::Serial => self.wait_relay(index, false),
+            PairMode::Parallel => Ok(()),
         }
-        Ok(())
     }
 
     /// Boots box `index` (again) with its ports and waits for its ready marker.
@@ -307,51 +312,48 @@ impl Pair {
 
     /// Waits until box `index` reports `state`.
     pub fn wait_state(&mut self, index: usize, state: &str) -> Result {
+        self.wait_until(Duration::from_millis(50), |pair| {
+            let now_state = pair.state(index)?;
+            Ok(if now_state == state {
+                Ok(())
+            } else {
+                Err(format!("box {} is {now_state}, not {state}", NAMES[index]))
+            })
+        })
+    }
+
+    /// Polls `check` every `every` until it gives a value or the pair's timeout passes;
+    /// then fails with what `check` last said was missing.
+    fn wait_until<T>(
+        &mut self,
+        every: Duration,
+        mut check: impl FnMut(&mut Pair) -> Result<std::result::Result<T, String>>,
+    ) -> Result<T> {
         let deadline = Instant::now() + self.config.timeout;
         loop {
-            let now_state = self.state(index)?;
-            if now_state == state {
-                return Ok(());
+            match check(self)? {
+                Ok(value) => return Ok(value),
+                Err(missing) if Instant::now() >= deadline => {
+                    return Err(lab_error!("{missing}, after {:?}", self.config.timeout));
+                }
+                Err(_) => std::thread::sleep(every),
             }
-            if Instant::now() >= deadline {
-                return Err(lab_error!(
-                    "box {} is {now_state}, not {state}, after {:?}",
-                    NAMES[index],
-                    self.config.timeout
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     /// Which box is Master, if exactly one is.
     pub fn master(&mut self) -> Result<Option<usize>> {
-        let states = [self.state(0)?, self.state(1)?];
-        let masters: Vec<usize> = (0..2).filter(|&i| states[i] == "Master").collect();
-        Ok(if masters.len() == 1 {
-            Some(masters[0])
-        } else {
-            None
-        })
+        Ok(single_master(&[self.state(0)?, self.state(1)?]))
     }
 
     /// Waits (up to the pair's timeout) until exactly one box is Master, and returns it.
     /// Under host load a pair may be between states for a moment.
     pub fn wait_master(&mut self) -> Result<usize> {
-        let deadline = Instant::now() + self.config.timeout;
-        loop {
-            if let Some(master) = self.master()? {
-                return Ok(master);
-            }
-            if Instant::now() >= deadline {
-                let (a, b) = (self.state(0)?, self.state(1)?);
-                return Err(lab_error!(
-                    "no single Master within {:?} (A {a}, B {b})",
-                    self.config.timeout
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        self.wait_until(Duration::from_millis(50), |pair| {
+            let states = [pair.state(0)?, pair.state(1)?];
+            Ok(single_master(&states)
+                .ok_or_else(|| format!("no single Master (A {}, B {})", states[0], states[1])))
+        })
     }
 
     /// Box index by name ("A"/"B", case-insensitive).
@@ -489,11 +491,6 @@ impl Pair {
         self.boxes[index].ports[1].id
     }
 
-    /// Parallel or serial.
-    pub fn mode(&self) -> PairMode {
-        self.config.mode
-    }
-
     /// Serial mode: the bypass card of box `index`.
     pub fn card(&self, index: usize) -> Result<&BypassCard> {
         self.boxes[index]
@@ -513,20 +510,19 @@ impl Pair {
     }
 
     /// Waits until box `index`'s relay is `closed` (serial mode).
-    pub fn wait_relay(&self, index: usize, closed: bool) -> Result {
-        let deadline = Instant::now() + self.config.timeout;
-        while self.relay_closed(index)? != closed {
-            if Instant::now() >= deadline {
-                return Err(lab_error!(
-                    "box {}'s relay did not {} within {:?}",
+    pub fn wait_relay(&mut self, index: usize, closed: bool) -> Result {
+        self.wait_until(Duration::from_millis(20), |pair| {
+            let now_closed = pair.relay_closed(index)?;
+            Ok(if now_closed == closed {
+                Ok(())
+            } else {
+                Err(format!(
+                    "box {}'s relay is still {}",
                     NAMES[index],
-                    if closed { "close" } else { "open" },
-                    self.config.timeout
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Ok(())
+                    if now_closed { "closed" } else { "open" }
+                ))
+            })
+        })
     }
 
     /// Measures a fail-over caused by a fault of box `old` at `fault_ns`, after which
@@ -560,6 +556,15 @@ impl Pair {
     }
 }
 
+/// The index of the one box in `states` that is Master, if exactly one is.
+fn single_master(states: &[String; 2]) -> Option<usize> {
+    let mut masters = (0..2).filter(|&i| states[i] == "Master");
+    match (masters.next(), masters.next()) {
+        (Some(master), None) => Some(master),
+        _ => None,
+    }
+}
+
 /// What one fail-over under traffic measured at the sink.
 #[derive(Debug, Clone)]
 pub struct FailoverMeasurement {
@@ -571,6 +576,17 @@ pub struct FailoverMeasurement {
     pub duplicated: u64,
     /// Frames sent.
     pub sent: u64,
+}
+
+impl FailoverMeasurement {
+    fn new(failover_ms: f64, loss: &duplex_fabric::LossStats) -> FailoverMeasurement {
+        FailoverMeasurement {
+            failover_ms,
+            lost: loss.lost,
+            duplicated: loss.duplicated,
+            sent: loss.sent,
+        }
+    }
 }
 
 /// Reads a fail-over from the sink as the longest silence of the stream that ends after
@@ -589,12 +605,7 @@ pub fn measure_silence(
     let failover_ms = report
         .gap_after(fault_ns, Duration::from_secs(1))
         .map_or(0.0, |gap| gap.duration_ns() as f64 / 1e6);
-    Ok(FailoverMeasurement {
-        failover_ms,
-        lost: loss.lost,
-        duplicated: loss.duplicated,
-        sent: loss.sent,
-    })
+    Ok(FailoverMeasurement::new(failover_ms, &loss))
 }
 
 /// Reads a fail-over from the sink: the first change of origin after `fault_ns` from the
@@ -636,10 +647,5 @@ pub fn measure(
             ));
         }
     };
-    Ok(FailoverMeasurement {
-        failover_ms,
-        lost: loss.lost,
-        duplicated: loss.duplicated,
-        sent: loss.sent,
-    })
+    Ok(FailoverMeasurement::new(failover_ms, &loss))
 }

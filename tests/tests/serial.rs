@@ -74,6 +74,31 @@ fn wait_forwarding(pair: &Pair, index: usize) {
     }
 }
 
+/// Sends a little traffic and waits until each of `boxes` forwards some of it.
+fn carries_traffic(pair: &Pair, boxes: &[usize]) {
+    let source = pair
+        .start_traffic(2.0, 512, Duration::from_secs(2))
+        .unwrap();
+    for &index in boxes {
+        wait_forwarding(pair, index);
+    }
+    source.wait().unwrap();
+}
+
+/// Waits until box `index` is in `state`; on failure shows its console.
+fn expect_state(pair: &mut Pair, index: usize, state: &str) {
+    if let Err(e) = pair.wait_state(index, state) {
+        panic!("{e}\n{}", console_of(pair, index));
+    }
+}
+
+/// Waits until box `index`'s relay is `closed`; on failure shows its console.
+fn expect_relay(pair: &mut Pair, index: usize, closed: bool) {
+    if let Err(e) = pair.wait_relay(index, closed) {
+        panic!("{e}\n{}", console_of(pair, index));
+    }
+}
+
 #[test]
 fn a_killed_box_becomes_a_cable_and_rejoins_after_reboot() {
     let _machine = exclusive();
@@ -105,8 +130,7 @@ fn a_killed_box_becomes_a_cable_and_rejoins_after_reboot() {
         "relay closed {:.2} ms after the kill",
         (event.at_ns - fault) as f64 / 1e6
     );
-    pair.wait_state(new, "Master")
-        .unwrap_or_else(|e| panic!("{e}\n{}", console_of(&mut pair, new)));
+    expect_state(&mut pair, new, "Master");
     let sent = source.wait().unwrap();
     pair.sink
         .wait_quiet(Duration::from_millis(300), Duration::from_secs(5));
@@ -120,16 +144,10 @@ fn a_killed_box_becomes_a_cable_and_rejoins_after_reboot() {
 
     // The dead box boots again, opens its relay and passes the traffic through.
     pair.restart(old).unwrap();
-    pair.wait_state(old, "Slave")
-        .unwrap_or_else(|e| panic!("{e}\n{}", console_of(&mut pair, old)));
+    expect_state(&mut pair, old, "Slave");
     pair.wait_relay(old, false).unwrap();
     pair.wait_state(new, "Master").unwrap();
-    let source = pair
-        .start_traffic(2.0, 512, Duration::from_secs(2))
-        .unwrap();
-    wait_forwarding(&pair, old);
-    wait_forwarding(&pair, new);
-    source.wait().unwrap();
+    carries_traffic(&pair, &[old, new]);
     let show = console(&mut pair, old, "show bypass");
     assert!(show.contains("relay:   open"), "{show}");
     let status = console(&mut pair, old, "show status --json");
@@ -157,8 +175,7 @@ fn a_hung_master_is_bypassed_by_its_card_and_rejoins_when_it_runs_again() {
         (fired.at_ns.saturating_sub(fault)) as f64 / 1e6
     );
     assert!(pair.relay_closed(old).unwrap());
-    pair.wait_state(new, "Master")
-        .unwrap_or_else(|e| panic!("{e}\n{}", console_of(&mut pair, new)));
+    expect_state(&mut pair, new, "Master");
     let sent = source.wait().unwrap();
     pair.sink
         .wait_quiet(Duration::from_millis(300), Duration::from_secs(5));
@@ -172,18 +189,12 @@ fn a_hung_master_is_bypassed_by_its_card_and_rejoins_when_it_runs_again() {
     // Running again, the box hears the new Master, follows it, re-arms its card and
     // takes its place in the path again.
     pair.thaw(old).unwrap();
-    pair.wait_state(old, "Slave")
-        .unwrap_or_else(|e| panic!("{e}\n{}", console_of(&mut pair, old)));
-    pair.wait_relay(old, false)
-        .unwrap_or_else(|e| panic!("{e}\n{}", console_of(&mut pair, old)));
+    expect_state(&mut pair, old, "Slave");
+    expect_relay(&mut pair, old, false);
     assert!(pair.card_status(old).unwrap().armed);
     let show = console(&mut pair, old, "show bypass");
     assert!(!show.contains("fired 0 time"), "{show}");
-    let source = pair
-        .start_traffic(2.0, 512, Duration::from_secs(2))
-        .unwrap();
-    wait_forwarding(&pair, old);
-    source.wait().unwrap();
+    carries_traffic(&pair, &[old]);
 }
 
 #[test]
@@ -205,13 +216,8 @@ fn a_hung_main_loop_closes_the_relay_within_the_card_watchdog() {
         "card fired {:.2} ms after the hang was reported",
         fired.at_ns.saturating_sub(hung) as f64 / 1e6
     );
-    pair.wait_state(new, "Master")
-        .unwrap_or_else(|e| panic!("{e}\n{}", console_of(&mut pair, new)));
-    let source = pair
-        .start_traffic(2.0, 512, Duration::from_secs(1))
-        .unwrap();
-    wait_forwarding(&pair, new);
-    source.wait().unwrap();
+    expect_state(&mut pair, new, "Master");
+    carries_traffic(&pair, &[new]);
 }
 
 #[test]
@@ -243,11 +249,7 @@ fn missing_traffic_sends_both_boxes_to_bypass_and_traffic_brings_them_back() {
     std::thread::sleep(Duration::from_secs(1));
     for index in 0..2 {
         assert!(!pair.relay_closed(index).unwrap());
-        let duplex = pair
-            .vm(index)
-            .unwrap()
-            .command("show duplex", COMMAND_TIMEOUT)
-            .unwrap();
+        let duplex = console(&mut pair, index, "show duplex");
         assert!(!duplex.contains("InterfaceFailure"), "{duplex}");
     }
     for source in sources {
@@ -255,15 +257,10 @@ fn missing_traffic_sends_both_boxes_to_bypass_and_traffic_brings_them_back() {
     }
     // Both boxes see no traffic and get out of the path.
     for index in 0..2 {
-        pair.wait_relay(index, true)
-            .unwrap_or_else(|e| panic!("{e}\n{}", console_of(&mut pair, index)));
+        expect_relay(&mut pair, index, true);
     }
     for index in 0..2 {
-        let duplex = pair
-            .vm(index)
-            .unwrap()
-            .command("show duplex", COMMAND_TIMEOUT)
-            .unwrap();
+        let duplex = console(&mut pair, index, "show duplex");
         assert!(duplex.contains("InterfaceFailure"), "{duplex}");
     }
     // Traffic again: it flows around both boxes at once, and each box, retrying every
@@ -275,8 +272,7 @@ fn missing_traffic_sends_both_boxes_to_bypass_and_traffic_brings_them_back() {
         "no traffic around the bypassed boxes"
     );
     for index in 0..2 {
-        pair.wait_relay(index, false)
-            .unwrap_or_else(|e| panic!("{e}\n{}", console_of(&mut pair, index)));
+        expect_relay(&mut pair, index, false);
     }
     pair.wait_master().unwrap();
     wait_forwarding(&pair, 0);

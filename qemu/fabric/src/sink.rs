@@ -300,28 +300,32 @@ struct FlowState {
 }
 
 /// Updates a report's times and longest gap for a frame received at `time_ns`.
+/// Returns the silence this frame ended (none for the first frame).
 fn note_arrival(
     report: &mut FlowReport,
     last_origin: Option<PortId>,
     time_ns: u64,
     origin: PortId,
-) {
-    if let (Some(last_ns), Some(last_origin)) = (report.last_ns, last_origin) {
-        let gap = time_ns.saturating_sub(last_ns);
-        if report
+) -> Option<Gap> {
+    let gap = match (report.last_ns, last_origin) {
+        (Some(last_ns), Some(last_origin)) => Some(Gap {
+            last_before_ns: last_ns,
+            first_after_ns: time_ns.max(last_ns),
+            last_before_origin: last_origin,
+            first_after_origin: origin,
+        }),
+        _ => None,
+    };
+    if let Some(gap) = gap
+        && report
             .longest_gap
-            .is_none_or(|longest| gap > longest.duration_ns())
-        {
-            report.longest_gap = Some(Gap {
-                last_before_ns: last_ns,
-                first_after_ns: time_ns.max(last_ns),
-                last_before_origin: last_origin,
-                first_after_origin: origin,
-            });
-        }
+            .is_none_or(|longest| gap.duration_ns() > longest.duration_ns())
+    {
+        report.longest_gap = Some(gap);
     }
     report.first_ns.get_or_insert(time_ns);
     report.last_ns = Some(report.last_ns.map_or(time_ns, |last| last.max(time_ns)));
+    gap
 }
 
 #[derive(Debug, Default)]
@@ -416,21 +420,16 @@ impl Sink {
         note_arrival(&mut flow.report, flow.last_origin, time_ns, origin);
         flow.report.highest_sequence = flow.window.highest;
         flow.last_origin = Some(origin);
-        if let (Some(last_ns), Some(last_origin)) = (state.total.last_ns, state.last_origin)
-            && time_ns.saturating_sub(last_ns) >= self.inner.config.gap_threshold.as_nanos() as u64
+        let silence = note_arrival(&mut state.total, state.last_origin, time_ns, origin);
+        if let Some(gap) = silence
+            && gap.duration_ns() >= self.inner.config.gap_threshold.as_nanos() as u64
         {
             if state.gaps.len() < self.inner.config.max_gaps {
-                state.gaps.push(Gap {
-                    last_before_ns: last_ns,
-                    first_after_ns: time_ns,
-                    last_before_origin: last_origin,
-                    first_after_origin: origin,
-                });
+                state.gaps.push(gap);
             } else {
                 state.gaps_dropped += 1;
             }
         }
-        note_arrival(&mut state.total, state.last_origin, time_ns, origin);
 
         if let Some(from) = state.last_origin
             && from != origin
